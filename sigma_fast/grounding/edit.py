@@ -1,0 +1,21 @@
+"""The parsed form of an edit instruction: what the Semantic Transformation Parser produces."""
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Tuple
+
+ACTIONS = ("add", "remove", "attribute_change", "replace", "global")
+
+
+@dataclass(frozen=True)
+class EditTuple:
+    """(action, source, target): `source` is the concept in the original image (None for add and
+    global), `target` the concept in the edited image (None for remove and global; for
+    attribute_change the changed attribute phrase). `extra` holds further edits of a
+    multi-clause instruction."""
+
+    action: str
+    source: Optional[str] = None
+    target: Optional[str] = None
+    extra: Tuple["EditTuple", ...] = field(default=())
+
+    def to_dict(self):
+        return asdict(self)

@@ -1,0 +1,143 @@
+"""The annotation API: `Annotator` and the module-level `annotate_batch`."""
+import functools
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sigma_fast import ops
+from sigma_fast.grounding import EditTuple, parse_instruction
+from sigma_fast.io.images import ImageLoadError, load_image
+
+CHECKPOINT_ENV = "SIGMA_FAST_CHECKPOINT"
+EMBEDDED_CHECKPOINT = os.path.join(os.path.dirname(__file__), "assets", "demo_model")
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+@dataclass
+class Annotation:
+    """One pair's result: `mask` uint8 (H, W) in {0, 255} and `prob` float32 (H, W), both at the
+    edited image's size; `score` in [0, 1] (see `sigma_fast.ops.reference.mask_score`); `edit` the
+    parsed instruction."""
+
+    mask: np.ndarray
+    prob: np.ndarray
+    score: float
+    edit: EditTuple
+
+
+def default_checkpoint():
+    """The checkpoint named by SIGMA_FAST_CHECKPOINT, else the small model shipped in the package."""
+    named = os.environ.get(CHECKPOINT_ENV)
+    if named:
+        return named
+    if os.path.isfile(os.path.join(EMBEDDED_CHECKPOINT, "config.json")):
+        return EMBEDDED_CHECKPOINT
+    raise FileNotFoundError(f"no default checkpoint: set {CHECKPOINT_ENV} to a checkpoint folder or hub id, "
+                            "or pass one explicitly")
+
+
+def resolve_device(device):
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("a CUDA device was asked for, but torch sees no GPU")
+    return device
+
+
+def resolve_dtype(dtype, device):
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+        return DTYPES[dtype]
+    if dtype not in DTYPES.values():
+        raise ValueError(f"unsupported dtype {dtype}; use float32, bfloat16 or float16")
+    return dtype
+
+
+class Annotator:
+    """Annotates (original, edited, instruction) triples with masks of what the edit changed.
+
+    Pairs are processed in chunks of `batch_size` under `torch.inference_mode`.
+    """
+
+    def __init__(self, model, device=None, dtype=None, batch_size=16, threshold=None, parser=parse_instruction):
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.batch_size = batch_size
+        self.threshold = model.config.threshold if threshold is None else threshold
+        self.parser = parser
+
+    @classmethod
+    def from_pretrained(cls, path_or_id=None, device=None, dtype=None, **kwargs):
+        """Load a checkpoint (folder or hub id; None = `default_checkpoint()`)."""
+        from sigma_fast.model import SigmaModel
+
+        model = SigmaModel.from_pretrained(path_or_id or default_checkpoint())
+        return cls(model, device=device, dtype=dtype, **kwargs)
+
+    @property
+    def image_size(self):
+        return self.model.config.image_size
+
+    def annotate_batch(self, originals, editeds, instructions, threshold=None):
+        """Paths, bytes, PIL images, arrays or tensors -> one `Annotation` per pair.
+        Raises `ImageLoadError` naming the first input that cannot be read."""
+        check_batch(originals, editeds, instructions)
+        return self.annotate_images([load_image(x) for x in originals], [load_image(x) for x in editeds],
+                                    instructions, threshold)
+
+    def annotate_images(self, originals, editeds, instructions, threshold=None):
+        """Decoded uint8 (H, W, 3) tensors -> one `Annotation` per pair."""
+        check_batch(originals, editeds, instructions)
+        results = []
+        for start in range(0, len(originals), self.batch_size):
+            chunk = slice(start, start + self.batch_size)
+            results += self._annotate_chunk(originals[chunk], editeds[chunk], instructions[chunk], threshold)
+        return results
+
+    @torch.inference_mode()
+    def _annotate_chunk(self, originals, editeds, instructions, threshold):
+        threshold = self.threshold if threshold is None else threshold
+        edits = [self.parser(text) for text in instructions]
+        x_orig, x_edit = ops.preprocess_pairs([x.to(self.device) for x in originals],
+                                              [x.to(self.device) for x in editeds],
+                                              size=self.image_size, dtype=self.dtype)
+        tokens, text_mask = self.model.encode_text(list(instructions), edits)
+        logits = self.model(x_orig, x_edit, tokens, text_mask)
+        sizes = [tuple(x.shape[:2]) for x in editeds]
+        masks, scores, probs = ops.postprocess_masks(logits, sizes, threshold=threshold, return_probs=True)
+        return [Annotation(mask.cpu().numpy(), prob.float().cpu().numpy(), float(score), edit)
+                for mask, prob, score, edit in zip(masks, probs, scores.tolist(), edits)]
+
+
+def check_batch(originals, editeds, instructions):
+    if isinstance(instructions, str):
+        raise TypeError("instructions must be a list of strings, one per pair, not a single string")
+    if not (len(originals) == len(editeds) == len(instructions)):
+        raise ValueError(f"got {len(originals)} originals, {len(editeds)} edited images and "
+                         f"{len(instructions)} instructions; they must pair up")
+    for index, text in enumerate(instructions):
+        if not isinstance(text, str):
+            raise TypeError(f"instructions[{index}] must be a string, got {type(text).__name__}")
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_annotator(checkpoint):
+    return Annotator.from_pretrained(checkpoint)
+
+
+def annotate_batch(originals, editeds, instructions, *, annotator=None, threshold=0.5):
+    """Module-level form of `Annotator.annotate_batch`; `annotator=None` uses the default
+    checkpoint (SIGMA_FAST_CHECKPOINT, else the embedded demo model), loaded once and cached."""
+    annotator = annotator or _cached_annotator(default_checkpoint())
+    return annotator.annotate_batch(originals, editeds, instructions, threshold=threshold)
+
+
+__all__ = ["Annotation", "Annotator", "ImageLoadError", "annotate_batch", "default_checkpoint"]

@@ -1,0 +1,66 @@
+"""The `sigma-fast` command line."""
+import argparse
+import json
+import logging
+import sys
+
+
+def add_model_options(parser):
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint folder or hub id (default: $SIGMA_FAST_CHECKPOINT, else the embedded demo model)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"],
+                        help="compute dtype (default: bf16 on the GPU, fp32 on the CPU)")
+    parser.add_argument("--batch-size", type=int, default=16, help="pairs per model call (default 16)")
+    parser.add_argument("--threshold", type=float, default=None, help="mask threshold (default: the checkpoint's, 0.5)")
+
+
+def load_annotator(args):
+    from sigma_fast.annotate import Annotator
+
+    return Annotator.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype,
+                                     batch_size=args.batch_size, threshold=args.threshold)
+
+
+def command_annotate(args):
+    from sigma_fast.pipeline import annotate_manifest
+
+    summary = annotate_manifest(load_annotator(args), args.manifest, args.out, batch_size=args.batch_size,
+                                workers=args.workers, negatives=not args.no_negatives, limit=args.limit,
+                                progress=not args.quiet)
+    print(json.dumps(summary.__dict__))
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="sigma-fast", description="SIGMA edit-mask annotation, fast.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    annotate = commands.add_parser("annotate", help="annotate a manifest of pairs into an IMDL-BenCo dataset")
+    annotate.add_argument("--manifest", required=True,
+                          help="JSONL or CSV with original, edited, instruction[, mask][, key]")
+    annotate.add_argument("--out", required=True, help="output folder (re-running resumes it)")
+    add_model_options(annotate)
+    annotate.add_argument("--workers", type=int, default=4, help="decode threads (default 4)")
+    annotate.add_argument("--no-negatives", action="store_true",
+                          help="do not list the original images as authentic ('Negative') samples")
+    annotate.add_argument("--limit", type=int, default=None, help="annotate only the first N rows")
+    annotate.add_argument("--quiet", action="store_true", help="no progress bar")
+    annotate.set_defaults(run=command_annotate)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"sigma-fast: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

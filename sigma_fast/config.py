@@ -1,0 +1,74 @@
+"""`SigmaConfig`: every setting of the SIGMA head, serialised to `config.json` beside the weights."""
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+CONFIG_NAME = "config.json"
+
+
+@dataclass
+class SigmaConfig:
+    """Settings of a SIGMA model. The frozen backbone and text encoder are referenced by hub id or
+    local folder (`backbone`, `text_encoder`), never copied into a checkpoint.
+
+    A relative `backbone`/`text_encoder` path in a saved config resolves against the checkpoint
+    folder, so a checkpoint that ships its small encoders beside it stays relocatable.
+    """
+
+    backbone: str = "facebook/dinov2-base"
+    taps: Tuple[int, ...] = (2, 5, 11)  # 1-based layers, i.e. HF hidden_states[i]
+    image_size: int = 518
+    text_encoder: str = "openai/clip-vit-base-patch32"
+    max_text_tokens: int = 32  # per text segment (instruction, source, target)
+    dim: int = 256
+    refine_layers: int = 2
+    refine_heads: int = 8
+    prior_gate_alpha: float = 1.0
+    layer_scale_init: float = 1e-4
+    decoder_channels: Tuple[int, ...] = (128, 64, 32)
+    cue_channels: int = 16
+    threshold: float = 0.5
+    extra: dict = field(default_factory=dict)  # free-form provenance (training run, data)
+
+    def __post_init__(self):
+        self.taps = tuple(int(t) for t in self.taps)
+        self.decoder_channels = tuple(int(c) for c in self.decoder_channels)
+        if not self.taps or min(self.taps) < 1 or list(self.taps) != sorted(set(self.taps)):
+            raise ValueError(f"taps must be increasing 1-based layer indices, got {self.taps}")
+        if self.dim % self.refine_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by refine_heads {self.refine_heads}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown SigmaConfig fields: {unknown}")
+        return cls(**values)
+
+    def save(self, folder):
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, CONFIG_NAME), "w") as handle:
+            json.dump(self.to_dict(), handle, indent=2)
+
+    @classmethod
+    def load(cls, folder):
+        path = os.path.join(folder, CONFIG_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {folder!r}: not a sigma_fast checkpoint")
+        with open(path) as handle:
+            return cls.from_dict(json.load(handle))
+
+    def resolve_paths(self, folder) -> "SigmaConfig":
+        """A copy whose relative encoder paths point inside `folder` when they exist there."""
+        def resolve(reference: Optional[str]):
+            candidate = os.path.join(folder, reference)
+            return candidate if not os.path.isabs(reference) and os.path.isdir(candidate) else reference
+        return dataclasses.replace(self, backbone=resolve(self.backbone), text_encoder=resolve(self.text_encoder))

@@ -1,0 +1,114 @@
+"""SigmaModel: frozen backbone and text tower plus the trainable SIGMA head."""
+import os
+
+import torch
+from torch import nn
+
+from sigma_fast.config import SigmaConfig
+from sigma_fast.model.backbone import DinoBackbone
+from sigma_fast.model.decoder import MaskDecoder
+from sigma_fast.model.difference import DifferenceBranch
+from sigma_fast.model.refinement import BiAttentionBlock
+from sigma_fast.model.text import TextEncoder
+
+WEIGHTS_NAME = "model.safetensors"
+FROZEN_PREFIXES = ("backbone.", "text_encoder.model.")
+
+
+def resolve_checkpoint(path_or_id):
+    """A local checkpoint folder as is; anything else is a hub repo id, downloaded (or taken from
+    the local hub cache) with `huggingface_hub.snapshot_download`."""
+    if os.path.isdir(path_or_id):
+        return path_or_id
+    if os.path.exists(path_or_id):
+        raise NotADirectoryError(f"{path_or_id!r} is a file; a checkpoint is a folder with config.json "
+                                 f"and {WEIGHTS_NAME}")
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(repo_id=path_or_id, allow_patterns=["config.json", WEIGHTS_NAME, "*/*"])
+
+
+class SigmaModel(nn.Module):
+    """(original, edited, instruction tokens, prior) -> mask logits at the input size.
+
+    Only the head (difference branch, text projection, refinement, decoder, calibration buffers)
+    is trainable and saved; the backbone and text tower are referenced by the config.
+    """
+
+    def __init__(self, config: SigmaConfig, backbone: DinoBackbone, text_encoder: TextEncoder):
+        super().__init__()
+        if config.image_size % backbone.patch_size:
+            raise ValueError(f"image_size {config.image_size} is not a multiple of the backbone's "
+                             f"patch size {backbone.patch_size}")
+        self.config = config
+        self.grid = config.image_size // backbone.patch_size
+        self.backbone = backbone
+        self.text_encoder = text_encoder
+        self.difference = DifferenceBranch(backbone.hidden_size, len(config.taps), config.dim)
+        self.refinement = nn.ModuleList(
+            BiAttentionBlock(config.dim, config.refine_heads, config.prior_gate_alpha, config.layer_scale_init)
+            for _ in range(config.refine_layers))
+        self.decoder = MaskDecoder(2 * config.dim, config.decoder_channels, config.cue_channels)
+
+    @classmethod
+    def from_config(cls, config: SigmaConfig, dtype=None):
+        """A new model with the configured frozen encoders and a freshly initialised head."""
+        backbone = DinoBackbone.from_pretrained(config.backbone, config.taps, dtype=dtype)
+        text_encoder = TextEncoder.from_pretrained(config.text_encoder, config.dim, config.max_text_tokens, dtype=dtype)
+        return cls(config, backbone, text_encoder)
+
+    @classmethod
+    def from_pretrained(cls, path_or_id, device=None, dtype=None):
+        """Load a checkpoint folder (or hub id): config.json + model.safetensors (head only)."""
+        from safetensors.torch import load_file
+
+        folder = resolve_checkpoint(path_or_id)
+        config = SigmaConfig.load(folder).resolve_paths(folder)
+        model = cls.from_config(config)
+        weights = os.path.join(folder, WEIGHTS_NAME)
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f"no {WEIGHTS_NAME} in {folder!r}")
+        model.load_head_state_dict(load_file(weights))
+        return model.to(device=device, dtype=dtype).eval()
+
+    def head_state_dict(self):
+        return {name: tensor for name, tensor in self.state_dict().items() if not name.startswith(FROZEN_PREFIXES)}
+
+    def load_head_state_dict(self, state):
+        expected = set(self.head_state_dict())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ValueError(f"checkpoint does not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        self.load_state_dict(state, strict=False)
+
+    def save_pretrained(self, folder, config: SigmaConfig = None):
+        """Write config.json and model.safetensors (the head only) into `folder`. `config` lets a
+        caller store encoder references other than the absolute paths this model was built from."""
+        from safetensors.torch import save_file
+
+        (config or self.config).save(folder)
+        state = {name: tensor.detach().float().contiguous() if tensor.is_floating_point() else tensor.contiguous()
+                 for name, tensor in self.head_state_dict().items()}
+        save_file(state, os.path.join(folder, WEIGHTS_NAME), metadata={"format": "pt"})
+
+    def encode_text(self, instructions, edits):
+        """Instructions and their parsed EditTuples -> text tokens (B, T, dim), mask (B, T)."""
+        return self.text_encoder(instructions, [edit.source for edit in edits], [edit.target for edit in edits])
+
+    def flat_prior(self, batch, device):
+        return torch.ones(batch, self.grid, self.grid, device=device)
+
+    def forward(self, x_orig, x_edit, text_tokens, text_mask, prior=None):
+        # x_orig, x_edit (B, 3, S, S); text_tokens (B, T, dim); text_mask (B, T); prior (B, g, g)
+        batch = x_orig.shape[0]
+        taps = self.backbone(torch.cat([x_orig, x_edit]))  # L x (2B, g*g, C): one pass for both
+        f_orig = [tap[:batch] for tap in taps]
+        f_edit = [tap[batch:] for tap in taps]
+        difference = self.difference(f_orig, f_edit)  # (B, g*g, dim)
+        if prior is None:
+            prior = self.flat_prior(batch, x_orig.device)
+        prior_tokens = prior.flatten(1).to(difference.dtype)  # (B, g*g)
+        visual, text = difference, text_tokens.to(difference.dtype)
+        for block in self.refinement:
+            visual, text = block(visual, text, prior_tokens, text_mask)
+        return self.decoder(torch.cat([visual, difference], dim=-1), self.grid, x_orig, x_edit)

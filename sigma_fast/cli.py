@@ -15,6 +15,12 @@ def add_model_options(parser):
     parser.add_argument("--threshold", type=float, default=None, help="mask threshold (default: the checkpoint's, 0.5)")
 
 
+def add_run_options(parser):
+    parser.add_argument("--workers", type=int, default=4, help="decode threads (default 4)")
+    parser.add_argument("--limit", type=int, default=None, help="process only the first N rows")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def load_annotator(args):
     from sigma_fast.annotate import Annotator
 
@@ -32,6 +38,17 @@ def command_annotate(args):
     return 0
 
 
+def command_eval(args):
+    from sigma_fast.evaluate import evaluate_manifest
+
+    summary = evaluate_manifest(load_annotator(args), args.manifest, batch_size=args.batch_size, workers=args.workers,
+                                out_dir=args.out, limit=args.limit, progress=not args.quiet)
+    print(json.dumps({name: summary[name] for name in ("all", "local", "regenerated")}, indent=2))
+    if summary["failures"]:
+        print(f"{len(summary['failures'])} pair(s) skipped; see eval_summary.json", file=sys.stderr)
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="sigma-fast", description="SIGMA edit-mask annotation, fast.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -42,12 +59,17 @@ def build_parser():
                           help="JSONL or CSV with original, edited, instruction[, mask][, key]")
     annotate.add_argument("--out", required=True, help="output folder (re-running resumes it)")
     add_model_options(annotate)
-    annotate.add_argument("--workers", type=int, default=4, help="decode threads (default 4)")
+    add_run_options(annotate)
     annotate.add_argument("--no-negatives", action="store_true",
                           help="do not list the original images as authentic ('Negative') samples")
-    annotate.add_argument("--limit", type=int, default=None, help="annotate only the first N rows")
-    annotate.add_argument("--quiet", action="store_true", help="no progress bar")
     annotate.set_defaults(run=command_annotate)
+
+    evaluate = commands.add_parser("eval", help="pixel F1/IoU/AUC against the manifest's ground-truth masks")
+    evaluate.add_argument("--manifest", required=True, help="JSONL or CSV whose rows have a mask column")
+    evaluate.add_argument("--out", default=None, help="folder for eval_summary.json and eval_pairs.jsonl")
+    add_model_options(evaluate)
+    add_run_options(evaluate)
+    evaluate.set_defaults(run=command_eval)
     return parser
 
 

@@ -1,7 +1,8 @@
 """The annotation API: `Annotator` and the module-level `annotate_batch`."""
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
@@ -12,6 +13,7 @@ from sigma_fast.io.images import ImageLoadError, load_image
 
 CHECKPOINT_ENV = "SIGMA_FAST_CHECKPOINT"
 EMBEDDED_CHECKPOINT = os.path.join(os.path.dirname(__file__), "assets", "demo_model")
+PRIOR_MODES = ("none", "grounded")
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
 
@@ -20,12 +22,16 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
 class Annotation:
     """One pair's result: `mask` uint8 (H, W) in {0, 255} and `prob` float32 (H, W), both at the
     edited image's size; `score` in [0, 1] (see `sigma_fast.ops.reference.mask_score`); `edit` the
-    parsed instruction."""
+    parsed instruction. With a grounded prior, `prior` is the (g, g) prior the model used,
+    `prior_flat` says whether grounding fell back to a flat prior, and `boxes` lists the detections."""
 
     mask: np.ndarray
     prob: np.ndarray
     score: float
     edit: EditTuple
+    prior: Optional[np.ndarray] = None
+    prior_flat: bool = True
+    boxes: list = field(default_factory=list)
 
 
 def default_checkpoint():
@@ -63,16 +69,33 @@ def resolve_dtype(dtype, device):
 class Annotator:
     """Annotates (original, edited, instruction) triples with masks of what the edit changed.
 
-    Pairs are processed in chunks of `batch_size` under `torch.inference_mode`.
+    Pairs are processed in chunks of `batch_size` under `torch.inference_mode`. `prior="none"`
+    gives the model a flat prior; `prior="grounded"` grounds the parsed concepts with a `Grounder`
+    (Grounding DINO + SAM 2; `grounder=None` loads the default one on first use).
     """
 
-    def __init__(self, model, device=None, dtype=None, batch_size=16, threshold=None, parser=parse_instruction):
+    def __init__(self, model, device=None, dtype=None, batch_size=16, threshold=None, parser=parse_instruction,
+                 prior="none", grounder=None):
+        if prior not in PRIOR_MODES:
+            raise ValueError(f"prior must be one of {PRIOR_MODES}, got {prior!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.batch_size = batch_size
         self.threshold = model.config.threshold if threshold is None else threshold
         self.parser = parser
+        self.prior_mode = prior
+        self._grounder = grounder
+
+    @property
+    def grounder(self):
+        if self._grounder is None:
+            from sigma_fast.grounding import Grounder
+
+            self._grounder = Grounder.from_pretrained(device=self.device)
+        return self._grounder
 
     @classmethod
     def from_pretrained(cls, path_or_id=None, device=None, dtype=None, **kwargs):
@@ -110,11 +133,18 @@ class Annotator:
                                               [x.to(self.device) for x in editeds],
                                               size=self.image_size, dtype=self.dtype)
         tokens, text_mask = self.model.encode_text(list(instructions), edits)
-        logits = self.model(x_orig, x_edit, tokens, text_mask)
+        prior, flat, boxes = None, [True] * len(edits), [[] for _ in edits]
+        if self.prior_mode == "grounded":
+            grounding = self.grounder.priors(originals, editeds, edits, self.model.grid)
+            prior, flat, boxes = grounding.prior.to(self.device), grounding.flat.tolist(), grounding.boxes
+        logits = self.model(x_orig, x_edit, tokens, text_mask, prior)
         sizes = [tuple(x.shape[:2]) for x in editeds]
         masks, scores, probs = ops.postprocess_masks(logits, sizes, threshold=threshold, return_probs=True)
-        return [Annotation(mask.cpu().numpy(), prob.float().cpu().numpy(), float(score), edit)
-                for mask, prob, score, edit in zip(masks, probs, scores.tolist(), edits)]
+        priors = [None] * len(edits) if prior is None else list(prior.float().cpu().numpy())
+        return [Annotation(mask.cpu().numpy(), prob.float().cpu().numpy(), float(score), edit, pair_prior, is_flat,
+                           pair_boxes)
+                for mask, prob, score, edit, pair_prior, is_flat, pair_boxes
+                in zip(masks, probs, scores.tolist(), edits, priors, flat, boxes)]
 
 
 def check_batch(originals, editeds, instructions):

@@ -13,6 +13,14 @@ def add_model_options(parser):
                         help="compute dtype (default: bf16 on the GPU, fp32 on the CPU)")
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per model call (default 16)")
     parser.add_argument("--threshold", type=float, default=None, help="mask threshold (default: the checkpoint's, 0.5)")
+    parser.add_argument("--prior", default="none", choices=["none", "grounded"],
+                        help="spatial prior: flat, or grounded with Grounding DINO + SAM 2 (default none)")
+    parser.add_argument("--detector", default="IDEA-Research/grounding-dino-tiny",
+                        help="Grounding DINO hub id or folder (with --prior grounded)")
+    parser.add_argument("--segmenter", default="facebook/sam2.1-hiera-tiny",
+                        help="SAM 2 hub id or folder (with --prior grounded)")
+    parser.add_argument("--grounding-cache", default=None,
+                        help="folder caching grounding results by image hash and concept (with --prior grounded)")
 
 
 def add_run_options(parser):
@@ -22,10 +30,17 @@ def add_run_options(parser):
 
 
 def load_annotator(args):
-    from sigma_fast.annotate import Annotator
+    from sigma_fast.annotate import Annotator, resolve_device
 
+    grounder = None
+    if args.prior == "grounded":
+        from sigma_fast.grounding import Grounder
+
+        grounder = Grounder.from_pretrained(detector=args.detector, segmenter=args.segmenter,
+                                            device=resolve_device(args.device), cache_dir=args.grounding_cache)
     return Annotator.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype,
-                                     batch_size=args.batch_size, threshold=args.threshold)
+                                     batch_size=args.batch_size, threshold=args.threshold, prior=args.prior,
+                                     grounder=grounder)
 
 
 def command_annotate(args):
@@ -46,6 +61,16 @@ def command_eval(args):
     print(json.dumps({name: summary[name] for name in ("all", "local", "regenerated")}, indent=2))
     if summary["failures"]:
         print(f"{len(summary['failures'])} pair(s) skipped; see eval_summary.json", file=sys.stderr)
+    return 0
+
+
+def command_demo(args):
+    from sigma_fast.demo import run_demo
+
+    dataset, page, summary = run_demo(load_annotator(args), args.out, progress=not args.quiet)
+    print(f"annotated {summary.annotated} pair(s) ({summary.skipped_finished} already done, {summary.failed} failed)")
+    print(f"IMDL-BenCo dataset: {dataset}")
+    print(f"report:             {page}")
     return 0
 
 
@@ -70,6 +95,18 @@ def build_parser():
     add_model_options(evaluate)
     add_run_options(evaluate)
     evaluate.set_defaults(run=command_eval)
+
+    demo = commands.add_parser("demo", help="annotate the embedded sample pairs and write report.html")
+    demo.add_argument("--out", default="sigma_fast_demo", help="output folder (default ./sigma_fast_demo)")
+    add_model_options(demo)
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.set_defaults(run=command_demo)
+
+    from sigma_fast.train.cli import add_train_arguments, command_train
+
+    train = commands.add_parser("train", help="train the SIGMA head (Stage I or II; torchrun for several GPUs)")
+    add_train_arguments(train)
+    train.set_defaults(run=command_train)
     return parser
 
 

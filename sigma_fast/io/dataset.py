@@ -5,6 +5,7 @@ Layout of the output folder:
 - `images/<key>_{edited,original}.png`: written only when an input cannot be referenced as it is
   (its EXIF orientation changes its geometry, which IML readers ignore), else the input's own path
   is listed;
+- `priors/<key>.png`: the (g, g) grounded prior as 8-bit gray, when the annotator grounds;
 - `metadata.jsonl`: one row per finished pair, appended as soon as its mask is on disk, so it is
   also the record of finished keys: a re-run skips them and completes only what is missing;
 - `failures.jsonl`: `{key, path, reason}` per skipped pair of this run (failed pairs are retried
@@ -17,6 +18,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 from PIL import Image
 
 METADATA = "metadata.jsonl"
@@ -54,6 +56,7 @@ class BenCoWriter:
         self.out_dir = os.path.abspath(out_dir)
         self.mask_dir = os.path.join(self.out_dir, "masks")
         self.image_dir = os.path.join(self.out_dir, "images")
+        self.prior_dir = os.path.join(self.out_dir, "priors")
         os.makedirs(self.mask_dir, exist_ok=True)
         self.negatives = negatives
         self.metadata_path = os.path.join(self.out_dir, METADATA)
@@ -89,6 +92,14 @@ class BenCoWriter:
         save_png(decoded.pixels.numpy(), path)
         return path
 
+    def _save_prior(self, prior, key):
+        if prior is None:
+            return None
+        os.makedirs(self.prior_dir, exist_ok=True)
+        path = os.path.join(self.prior_dir, f"{key}.png")
+        save_png((np.clip(prior, 0, 1) * 255).round().astype(np.uint8), path)
+        return path
+
     def _write(self, record, annotation, original, edited):
         try:
             mask_path = os.path.join(self.mask_dir, f"{record.key}.png")
@@ -107,6 +118,9 @@ class BenCoWriter:
                 "width": int(annotation.mask.shape[1]),
                 "mask_fraction": round(float((annotation.mask > 0).mean()), 6),
                 "line": record.line,
+                "prior": self._save_prior(annotation.prior, record.key),
+                "prior_flat": annotation.prior_flat,
+                "boxes": annotation.boxes,
                 "gt_mask": record.mask,
                 **({"extra": record.extra} if record.extra else {}),
             }

@@ -151,3 +151,39 @@ def test_segmentation_does_not_depend_on_the_batch(model_folders):
     for mask, single, image in zip(together, alone, originals):
         assert mask.dtype == torch.bool and mask.shape == image.shape[:2]
         assert torch.equal(mask, single)
+
+
+def test_annotator_with_grounded_prior_writes_priors(model_folders, tiny_checkpoint, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from sigma_fast.annotate import Annotator
+    from sigma_fast.pipeline import annotate_manifest
+
+    originals, editeds = pairs()
+    rows = []
+    for index, (original, edited) in enumerate(zip(originals, editeds)):
+        Image.fromarray(original.numpy()).save(tmp_path / f"o{index}.png")
+        Image.fromarray(edited.numpy()).save(tmp_path / f"e{index}.png")
+        rows.append({"original": f"o{index}.png", "edited": f"e{index}.png",
+                     "instruction": ["replace the dog with a cat", "make the car red", "make it winter"][index]})
+    (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    annotator = Annotator.from_pretrained(tiny_checkpoint, device="cpu", prior="grounded",
+                                          grounder=load(model_folders, max_boxes=2))
+    results = annotator.annotate_batch(originals, editeds, ["replace the dog with a cat", "make the car red",
+                                                            "make it winter"])
+    grid = annotator.model.grid
+    assert [r.prior.shape for r in results] == [(grid, grid)] * 3
+    assert [r.prior_flat for r in results] == [False, False, True]
+    assert results[0].boxes and all(box["concept"] in ("dog", "cat") for box in results[0].boxes)
+    flat = Annotator.from_pretrained(tiny_checkpoint, device="cpu").annotate_batch(originals[:1], editeds[:1],
+                                                                                    ["replace the dog with a cat"])
+    assert not np.array_equal(flat[0].prob, results[0].prob)  # the prior reaches the model
+
+    annotate_manifest(annotator, str(tmp_path / "pairs.jsonl"), str(tmp_path / "out"), progress=False)
+    metadata = sorted((json.loads(line) for line in open(tmp_path / "out" / "metadata.jsonl")),
+                      key=lambda row: row["line"])
+    assert [row["prior_flat"] for row in metadata] == [False, False, True]
+    for row in metadata:
+        assert Image.open(row["prior"]).size == (grid, grid)
+    assert metadata[0]["boxes"][0]["image"] in ("original", "edited")

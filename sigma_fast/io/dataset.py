@@ -140,7 +140,8 @@ class BenCoWriter:
         self._metadata.close()
         self._failures.close()
         entries = []
-        for row in read_finished(self.metadata_path):
+        # metadata.jsonl is in completion order; the dataset follows the manifest's order
+        for row in sorted(read_finished(self.metadata_path), key=lambda row: (row["line"], row["key"])):
             entries.append([row["image"], row["mask"]])
             if self.negatives:
                 entries.append([row["original"], NEGATIVE])

@@ -51,7 +51,7 @@ def test_stage1_loss_falls_validates_and_logs(tiny_encoders, data, tmp_path, cap
 
 
 def test_resume_gives_the_identical_next_step(tiny_encoders, data, tmp_path):
-    extra = {"optim.steps": 4, "save_every": 2, "data.workers": 2, "data.val": []}
+    extra = {"optim.steps": 4, "save_every": 2, "data.workers": 2, "data.val": [], "log_every": 1}
     full = train(config_for(tiny_encoders, data, tmp_path / "full", **extra), progress=False)
     checkpoint = tmp_path / "full" / "checkpoints" / "step_00000002"
     resumed = train(config_for(tiny_encoders, data, tmp_path / "resumed", **extra), resume=str(checkpoint),
@@ -62,6 +62,11 @@ def test_resume_gives_the_identical_next_step(tiny_encoders, data, tmp_path):
     final_resumed = open_head(tmp_path / "resumed" / "final")
     for name, value in final_full.items():
         torch.testing.assert_close(final_resumed[name], value, atol=1e-6, rtol=0)
+    # resuming inside the run folder rewrites the log rows after the checkpoint instead of repeating them
+    again = train(config_for(tiny_encoders, data, tmp_path / "full", **extra), resume=str(checkpoint), progress=False)
+    assert len(again["losses"]) == 2
+    steps = [line.split(",")[0] for line in (tmp_path / "full" / "train.csv").read_text().splitlines()[1:]]
+    assert steps == ["1", "2", "3", "4"]
 
 
 def open_head(folder):

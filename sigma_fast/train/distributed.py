@@ -38,9 +38,10 @@ class Distributed:
         return self.world > 1
 
     def sum(self, tensor):
-        """All-reduced sum (identity in a single process)."""
+        """All-reduced sum (identity in a single process), on this process's device (NCCL reduces
+        CUDA tensors only)."""
         if self.active:
-            tensor = tensor.clone()
+            tensor = tensor.to(self.device, copy=True)
             dist.all_reduce(tensor)
         return tensor
 

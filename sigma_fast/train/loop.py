@@ -273,7 +273,7 @@ class Trainer:
             dis_loss, separation = losses.disentangle_loss(tokens[:count], coverage, stage2.disentangle.margin)
             loss = loss + stage2.disentangle.weight * dis_loss
             values.update(disentangle=dis_loss.detach())
-            values["separation"] = separation if separation is not None else torch.tensor(float("nan"))
+            values["separation"] = separation if separation is not None else torch.full((), float("nan"), device=loss.device)
         names = list(values)
         local = torch.stack([loss.detach().float()] + [values[name].float().reshape(()) for name in names])
         present = torch.isfinite(local)

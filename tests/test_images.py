@@ -92,18 +92,20 @@ def test_truncated_file_is_reported(tmp_path, rgb):
 def test_mask_rules():
     from sigma_fast.io.images import load_mask
 
-    rgba = np.zeros((4, 6, 4), np.uint8)
-    rgba[..., 3] = 255
-    rgba[1:3, 2:4, 3] = 0  # transparent = edited (DALL-E / MagicBrush convention)
     expected = np.zeros((4, 6), bool)
     expected[1:3, 2:4] = True
-    assert np.array_equal(load_mask(png_bytes(Image.fromarray(rgba, "RGBA"))).numpy(), expected)
     white_on_black = expected.astype(np.uint8) * 255
     assert np.array_equal(load_mask(png_bytes(Image.fromarray(white_on_black))).numpy(), expected)
-    opaque_rgba = np.concatenate([np.repeat(white_on_black[..., None], 3, -1), np.full((4, 6, 1), 255, np.uint8)], -1)
-    assert np.array_equal(load_mask(Image.fromarray(opaque_rgba, "RGBA")).numpy(), expected)
+    # white region on a transparent background: composited over black
+    rgba = np.zeros((4, 6, 4), np.uint8)
+    rgba[..., :3] = 255
+    rgba[..., 3] = white_on_black
+    assert np.array_equal(load_mask(png_bytes(Image.fromarray(rgba, "RGBA"))).numpy(), expected)
+    assert np.array_equal(load_mask(Image.fromarray(rgba, "RGBA")).numpy(), expected)
     upscaled = load_mask(white_on_black, size=(8, 12))
     assert upscaled.shape == (8, 12) and upscaled.sum() == 4 * expected.sum()
     assert np.array_equal(load_mask(expected).numpy(), expected)
     with pytest.raises(ImageLoadError, match="file not found"):
         load_mask("/missing/mask.png")
+    with pytest.raises(ImageLoadError, match="corrupt"):
+        load_mask(png_bytes(Image.fromarray(white_on_black))[:40])

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from sigma_fast.train.config import SourceConfig
-from sigma_fast.train.data import NegativeSettings, load_mask, open_source
+from sigma_fast.train.data import NegativeSettings, load_training_mask, open_source
 from sigma_fast.train.stream import PairStream, make_loader
 from train_helpers import make_pair, png_bytes, rgba_mask, write_manifest, write_parquet
 
@@ -35,7 +35,7 @@ def test_mask_rule_rgba_white_on_black_any_size():
     rgba = rgba_mask(mask)
     half = np.asarray(Image.fromarray(rgba).resize((32, 32), Image.NEAREST))
     for source in (png_bytes(mask), png_bytes(rgba, "RGBA"), png_bytes(half, "RGBA")):
-        got = load_mask(source, SIZE)
+        got = load_training_mask(source, SIZE)
         assert got.shape == (SIZE, SIZE) and set(got.unique().tolist()) <= {0.0, 1.0}
         iou = (got * reference).sum() / ((got + reference) > 0).sum()
         assert iou > 0.9
@@ -43,7 +43,7 @@ def test_mask_rule_rgba_white_on_black_any_size():
     transparent = rgba.copy()
     transparent[..., :3] = 255
     transparent[..., 3] = 0
-    assert load_mask(png_bytes(transparent, "RGBA"), SIZE).sum() == 0
+    assert load_training_mask(png_bytes(transparent, "RGBA"), SIZE).sum() == 0
 
 
 def test_parquet_rows_stream_by_row_group(tmp_path):

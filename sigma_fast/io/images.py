@@ -133,39 +133,38 @@ def load_image(source) -> torch.Tensor:
     return decode_image(source).pixels
 
 
-def load_mask(source, size=None) -> torch.Tensor:
-    """A ground-truth edit mask -> bool (H, W), True where the image was edited.
+def mask_values(image: Image.Image) -> np.ndarray:
+    """A decoded PIL mask -> float32 (H, W) in [0, 1]: luminance times alpha, i.e. the mask
+    composited over black, so white marks the edit ("free-form mask image (white region)", as
+    MagicBrush's card says) whether the mask is opaque white-on-black or white on transparent."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        alpha = np.asarray(image.convert("RGBA"), dtype=np.float32)[..., 3]
+        grey = np.asarray(image.convert("RGB").convert("L"), dtype=np.float32)
+        return grey * alpha / (255.0 * 255.0)
+    if image.mode in HIGH_BIT_MODES or image.mode == "F":
+        return decode_image(image).pixels.float().mean(-1).numpy() / 255.0
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
 
-    Rule: a mask with transparency (RGBA/LA/palette with alpha not all opaque) follows the DALL-E
-    editing convention MagicBrush inherits: transparent (alpha < 128) = edited. Any other mask is
-    read as IMDL-BenCo reads it: channel mean > 127.5 = edited. `size` (H, W) resizes a mask of
-    another size with nearest-neighbour sampling, so it stays binary.
-    """
+
+def load_mask(source, size=None) -> torch.Tensor:
+    """A ground-truth edit mask (path, bytes, PIL image, array or tensor) -> bool (H, W), True where
+    the image was edited: `mask_values` > 0.5. `size` (H, W) resizes a mask of another size (area
+    coverage through an antialiased bilinear resize of the values, then > 0.5)."""
     if isinstance(source, Image.Image):
-        image = source
+        values = mask_values(source)
     elif isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):
-        image = _open_pil(source)
         try:
-            image.load()
+            with _open_pil(source) as image:
+                image.load()
+                values = mask_values(image)
+        except ImageLoadError:
+            raise
         except (OSError, ValueError) as error:
             raise ImageLoadError(describe(source), f"corrupt or unreadable mask ({error})") from error
     else:
-        return _mask_from_pixels(load_image(source), size)
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        alpha = np.asarray(image.getchannel("A"))
-        if alpha.min() < 255:
-            return _resize_mask(torch.from_numpy(alpha < 128), size)
-    return _mask_from_pixels(decode_image(image).pixels, size)
-
-
-def _mask_from_pixels(pixels, size):
-    return _resize_mask(pixels.float().mean(-1) > 127.5, size)
-
-
-def _resize_mask(mask, size):
-    if size is None or tuple(mask.shape) == tuple(size):
-        return mask
-    resized = torch.nn.functional.interpolate(mask[None, None].float(), size=tuple(size), mode="nearest-exact")
-    return resized[0, 0] > 0.5
+        values = load_image(source).float().mean(-1).numpy() / 255.0
+    values = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+    if size is not None and tuple(values.shape) != tuple(size):
+        values = torch.nn.functional.interpolate(values[None, None], size=tuple(size), mode="bilinear",
+                                                 antialias=True, align_corners=False)[0, 0]
+    return values > 0.5

@@ -19,9 +19,9 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from sigma_fast.io.images import ImageLoadError, load_image
+from sigma_fast.io.images import ImageLoadError, load_image, load_mask
 
 ROW_GROUP_CACHE = 8  # row groups kept per process: a shuffle window spans a few
 
@@ -157,28 +157,14 @@ def resize_image(image, size):
     return x[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
 
 
-def mask_values(image: Image.Image):
-    """A decoded PIL mask -> float32 (H, W) in [0, 1]: luminance times alpha (over black)."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
-        grey = np.asarray(image.convert("RGB").convert("L"), dtype=np.float32)
-        return grey * rgba[..., 3] / (255.0 * 255.0)
-    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-
-
-def load_mask(source, size):
-    """Mask bytes or path -> float32 (size, size) in {0, 1} by the module's mask rule."""
+def load_training_mask(source, size):
+    """Mask bytes or path -> float32 (size, size) in {0, 1} by `sigma_fast.io.images.load_mask`'s rule."""
     if source is None:
         raise SampleError("no mask")
     try:
-        opened = Image.open(io.BytesIO(bytes(source))) if isinstance(source, (bytes, bytearray)) else Image.open(source)
-        with opened as image:
-            image.load()
-            values = torch.from_numpy(mask_values(image))
-    except (OSError, UnidentifiedImageError, ValueError) as error:
-        raise SampleError(f"unreadable mask ({error})") from error
-    resized = F.interpolate(values[None, None], (size, size), mode="bilinear", antialias=True, align_corners=False)
-    return (resized[0, 0] > 0.5).float()
+        return load_mask(source, (size, size)).float()
+    except ImageLoadError as error:
+        raise SampleError(f"unreadable mask ({error.reason})") from error
 
 
 def jpeg_reencode(image, quality):
@@ -216,6 +202,6 @@ def decode_sample(row: RawRow, size, need_mask, rng, negatives: Optional[Negativ
     if negative:
         mask = torch.zeros(size, size)
     elif need_mask:
-        mask = load_mask(row.mask, size)
+        mask = load_training_mask(row.mask, size)
     return {"original": resize_image(original, size), "edited": resize_image(edited, size), "mask": mask,
             "kind": "negative" if negative else "positive"}

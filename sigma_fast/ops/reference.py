@@ -48,6 +48,8 @@ def check_logits_and_sizes(logits, sizes):
         raise TypeError(f"logits must be floating point, got {logits.dtype}")
     if len(sizes) != logits.shape[0]:
         raise ValueError(f"{logits.shape[0]} logit maps but {len(sizes)} sizes")
+    if logits.numel() == 0:
+        raise ValueError(f"logits must not be empty, got shape {tuple(logits.shape)}")
     for height, width in sizes:
         if height <= 0 or width <= 0:
             raise ValueError(f"invalid output size {(height, width)}")

@@ -2,6 +2,8 @@
 import importlib
 import warnings
 
+import torch  # noqa: F401  (loads libc10 and libtorch, which _C links against)
+
 try:
     _C = importlib.import_module("sigma_fast._C")
 except ImportError as error:

@@ -1,0 +1,1 @@
+"""Data sources: pair manifests and the synthetic edit benchmark (`sigma_fast.data.synth`)."""

@@ -1,0 +1,330 @@
+"""Fused bidirectional cross-attention between visual and text tokens (SIGMA's refinement).
+
+Forward, one kernel: one program per (batch, head) holds that head's text keys and values
+(T <= 128 rows) and walks the N visual tokens in blocks. Each block's logits A = q_v k_t^T * scale
+are computed once and feed both directions: the visual side is a complete row softmax over the
+short text axis, written out per block; the text side is an online softmax over the visual axis
+(running max and sum per text token, prior bias added, padded text masked), finished after the
+last block. The text side's log-sum-exp is kept for the backward.
+
+Backward, one kernel with the same walk: per block it recomputes A and both softmaxes (the text
+side from the saved log-sum-exp), writes dq_v, dv_v and the prior's per-head gradient for the
+block, and accumulates dk_t and dv_t for the head in registers.
+"""
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from sigma_fast.kernels._dispatch import dot_config, interpreting
+
+LOG2E = math.log2(math.e)
+MAX_TEXT_TOKENS = 128  # a head's text keys, values and accumulators live in registers
+
+
+@triton.jit
+def _load_text(ptr, t_offs, t_valid, d_offs, d_valid, stride_t):
+    """A head's (BLOCK_T, BLOCK_DH) text rows as fp32, zero past T and d."""
+    mask = t_valid[:, None] & d_valid[None, :]
+    return tl.load(ptr + t_offs[:, None] * stride_t + d_offs[None, :], mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _text_is_real(mask_ptr, b, stride_mask_b, t_offs, t_valid, HAS_MASK: tl.constexpr):
+    """True for text tokens that exist (t < T) and are not padding."""
+    if HAS_MASK:
+        return t_valid & (tl.load(mask_ptr + b * stride_mask_b + t_offs, mask=t_valid, other=0) != 0)
+    return t_valid
+
+
+@triton.jit
+def _visual_softmax(logits, text_real):
+    """Row softmax over the text axis (log2 units), padded text excluded."""
+    logits = tl.where(text_real[None, :], logits, float("-inf"))
+    probs = tl.exp2(logits - tl.max(logits, 1)[:, None])
+    return probs / tl.sum(probs, 1)[:, None]
+
+
+@triton.jit
+def _text_logits(logits, prior_ptr, b, stride_prior_b, n_offs, n_valid, HAS_PRIOR: tl.constexpr):
+    """A^T's columns for this block in log2 units, prior bias added, tokens past N at -inf."""
+    if HAS_PRIOR:
+        prior = tl.load(prior_ptr + b * stride_prior_b + n_offs, mask=n_valid, other=0.0).to(tl.float32)
+        logits += prior[:, None] * 1.4426950408889634  # log2(e): the logits are in log2 units
+    return tl.where(n_valid[:, None], logits, float("-inf"))
+
+
+@triton.jit
+def _bi_attention_forward_kernel(
+    q_ptr, k_ptr, vv_ptr, vt_ptr, prior_ptr, mask_ptr, ov_ptr, ot_ptr, lse_ptr,
+    H, N, T, HEAD_DIM, qk_scale,
+    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kt,
+    stride_vvb, stride_vvh, stride_vvn, stride_vtb, stride_vth, stride_vtt,
+    stride_prior_b, stride_mask_b,
+    HAS_PRIOR: tl.constexpr, HAS_MASK: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_DH: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = pid // H
+    h = pid % H
+    t_offs = tl.arange(0, BLOCK_T)
+    t_valid = t_offs < T
+    d_offs = tl.arange(0, BLOCK_DH)
+    d_valid = d_offs < HEAD_DIM
+    text_real = _text_is_real(mask_ptr, b, stride_mask_b, t_offs, t_valid, HAS_MASK)
+    k = _load_text(k_ptr + b * stride_kb + h * stride_kh, t_offs, t_valid, d_offs, d_valid, stride_kt)
+    v_t = _load_text(vt_ptr + b * stride_vtb + h * stride_vth, t_offs, t_valid, d_offs, d_valid, stride_vtt)
+    k = k.to(DOT_DTYPE)
+    v_t = v_t.to(DOT_DTYPE)
+    q_head = q_ptr + b.to(tl.int64) * stride_qb + h * stride_qh
+    vv_head = vv_ptr + b.to(tl.int64) * stride_vvb + h * stride_vvh
+    ov_head = ov_ptr + pid.to(tl.int64) * N * HEAD_DIM
+    text_max = tl.full((BLOCK_T,), float("-inf"), tl.float32)
+    text_sum = tl.zeros((BLOCK_T,), tl.float32)
+    text_acc = tl.zeros((BLOCK_T, BLOCK_DH), tl.float32)
+    for n_start in range(0, N, BLOCK_N):
+        n_offs = n_start + tl.arange(0, BLOCK_N)
+        n_valid = n_offs < N
+        row_mask = n_valid[:, None] & d_valid[None, :]
+        q = tl.load(q_head + n_offs[:, None] * stride_qn + d_offs[None, :], mask=row_mask, other=0.0)
+        logits = tl.dot(q.to(DOT_DTYPE), tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+
+        visual_probs = _visual_softmax(logits, text_real)
+        o_v = tl.dot(visual_probs.to(DOT_DTYPE), v_t, input_precision=DOT_PRECISION)
+        tl.store(ov_head + n_offs[:, None] * HEAD_DIM + d_offs[None, :], o_v.to(ov_ptr.dtype.element_ty),
+                 mask=row_mask)
+
+        text_logits = _text_logits(logits, prior_ptr, b, stride_prior_b, n_offs, n_valid, HAS_PRIOR)
+        new_max = tl.maximum(text_max, tl.max(text_logits, 0))
+        # A text token whose logits so far are all -inf (a -inf prior) keeps a zero sum, not NaN.
+        safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
+        rescale = tl.exp2(text_max - safe_max)
+        text_probs = tl.exp2(text_logits - safe_max[None, :])
+        text_sum = text_sum * rescale + tl.sum(text_probs, 0)
+        v_v = tl.load(vv_head + n_offs[:, None] * stride_vvn + d_offs[None, :], mask=row_mask, other=0.0)
+        text_acc = text_acc * rescale[:, None] + tl.dot(tl.trans(text_probs.to(DOT_DTYPE)), v_v.to(DOT_DTYPE),
+                                                        input_precision=DOT_PRECISION)
+        text_max = new_max
+    o_t = tl.where(text_real[:, None], text_acc / text_sum[:, None], 0.0)
+    text_mask_2d = t_valid[:, None] & d_valid[None, :]
+    tl.store(ot_ptr + pid * T * HEAD_DIM + t_offs[:, None] * HEAD_DIM + d_offs[None, :],
+             o_t.to(ot_ptr.dtype.element_ty), mask=text_mask_2d)
+    tl.store(lse_ptr + pid * T + t_offs, text_max + tl.log2(text_sum), mask=t_valid)
+
+
+@triton.jit
+def _bi_attention_backward_kernel(
+    q_ptr, k_ptr, vv_ptr, vt_ptr, prior_ptr, mask_ptr, ot_ptr, lse_ptr, dov_ptr, dot_ptr,
+    dq_ptr, dk_ptr, dvv_ptr, dvt_ptr, dprior_ptr,
+    H, N, T, HEAD_DIM, qk_scale, scale,
+    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kt,
+    stride_vvb, stride_vvh, stride_vvn, stride_vtb, stride_vth, stride_vtt,
+    stride_prior_b, stride_mask_b,
+    HAS_PRIOR: tl.constexpr, HAS_MASK: tl.constexpr, PRIOR_GRAD: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_DH: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = pid // H
+    h = pid % H
+    t_offs = tl.arange(0, BLOCK_T)
+    t_valid = t_offs < T
+    d_offs = tl.arange(0, BLOCK_DH)
+    d_valid = d_offs < HEAD_DIM
+    text_real = _text_is_real(mask_ptr, b, stride_mask_b, t_offs, t_valid, HAS_MASK)
+    k = _load_text(k_ptr + b * stride_kb + h * stride_kh, t_offs, t_valid, d_offs, d_valid, stride_kt)
+    v_t = _load_text(vt_ptr + b * stride_vtb + h * stride_vth, t_offs, t_valid, d_offs, d_valid, stride_vtt)
+    k = k.to(DOT_DTYPE)
+    v_t = v_t.to(DOT_DTYPE)
+    # Padded text rows of o_t are constant zeros: their gradient stops here.
+    d_ot = _load_text(dot_ptr + pid * T * HEAD_DIM, t_offs, text_real, d_offs, d_valid, HEAD_DIM)
+    o_t = _load_text(ot_ptr + pid * T * HEAD_DIM, t_offs, t_valid, d_offs, d_valid, HEAD_DIM)
+    text_delta = tl.sum(d_ot * o_t, 1)  # rowsum(dO_t * O_t): the softmax backward's correction
+    d_ot = d_ot.to(DOT_DTYPE)
+    lse = tl.load(lse_ptr + pid * T + t_offs, mask=t_valid, other=0.0)
+    q_head = q_ptr + b.to(tl.int64) * stride_qb + h * stride_qh
+    vv_head = vv_ptr + b.to(tl.int64) * stride_vvb + h * stride_vvh
+    row_head = pid.to(tl.int64) * N * HEAD_DIM  # offset of this head in the contiguous (B, H, N, d) grads
+    dk_acc = tl.zeros((BLOCK_T, BLOCK_DH), tl.float32)
+    dvt_acc = tl.zeros((BLOCK_T, BLOCK_DH), tl.float32)
+    for n_start in range(0, N, BLOCK_N):
+        n_offs = n_start + tl.arange(0, BLOCK_N)
+        n_valid = n_offs < N
+        row_mask = n_valid[:, None] & d_valid[None, :]
+        q = tl.load(q_head + n_offs[:, None] * stride_qn + d_offs[None, :], mask=row_mask, other=0.0).to(DOT_DTYPE)
+        v_v = tl.load(vv_head + n_offs[:, None] * stride_vvn + d_offs[None, :], mask=row_mask,
+                      other=0.0).to(DOT_DTYPE)
+        row_offsets = row_head + n_offs[:, None] * HEAD_DIM + d_offs[None, :]
+        d_ov = tl.load(dov_ptr + row_offsets, mask=row_mask, other=0.0).to(DOT_DTYPE)
+        logits = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+
+        visual_probs = _visual_softmax(logits, text_real)
+        dvt_acc = tl.dot(tl.trans(visual_probs.to(DOT_DTYPE)), d_ov, dvt_acc, input_precision=DOT_PRECISION)
+        visual_dprobs = tl.dot(d_ov, tl.trans(v_t), input_precision=DOT_PRECISION)
+        visual_dlogits = visual_probs * (visual_dprobs - tl.sum(visual_probs * visual_dprobs, 1)[:, None])
+
+        text_logits = _text_logits(logits, prior_ptr, b, stride_prior_b, n_offs, n_valid, HAS_PRIOR)
+        text_probs = tl.where(text_real[None, :], tl.exp2(text_logits - lse[None, :]), 0.0)
+        d_vv = tl.dot(text_probs.to(DOT_DTYPE), d_ot, input_precision=DOT_PRECISION)
+        tl.store(dvv_ptr + row_offsets, d_vv.to(dvv_ptr.dtype.element_ty), mask=row_mask)
+        text_dprobs = tl.dot(v_v, tl.trans(d_ot), input_precision=DOT_PRECISION)
+        text_dlogits = text_probs * (text_dprobs - text_delta[None, :])
+        if PRIOR_GRAD:
+            tl.store(dprior_ptr + pid.to(tl.int64) * N + n_offs, tl.sum(text_dlogits, 1), mask=n_valid)
+
+        dlogits = (visual_dlogits + text_dlogits).to(DOT_DTYPE)
+        d_q = tl.dot(dlogits, k, input_precision=DOT_PRECISION) * scale
+        tl.store(dq_ptr + row_offsets, d_q.to(dq_ptr.dtype.element_ty), mask=row_mask)
+        dk_acc = tl.dot(tl.trans(dlogits), q, dk_acc, input_precision=DOT_PRECISION)
+    text_offsets = pid * T * HEAD_DIM + t_offs[:, None] * HEAD_DIM + d_offs[None, :]
+    text_mask_2d = t_valid[:, None] & d_valid[None, :]
+    tl.store(dk_ptr + text_offsets, (dk_acc * scale).to(dk_ptr.dtype.element_ty), mask=text_mask_2d)
+    tl.store(dvt_ptr + text_offsets, dvt_acc.to(dvt_ptr.dtype.element_ty), mask=text_mask_2d)
+
+
+def _config(N, T, head_dim, dtype, backward):
+    """(BLOCK_N, BLOCK_T, BLOCK_DH, num_warps, num_stages): one fixed config per shape.
+
+    Chosen from sm_90 register reports (no spills at the production shape T = d = 32): the
+    backward holds about twice the forward's live tiles, so it walks N in smaller blocks.
+    """
+    block_t = max(16, triton.next_power_of_2(T))
+    block_dh = max(16, triton.next_power_of_2(head_dim))
+    if interpreting():
+        # The interpreter's cost grows with loop trips: walk N in few, large blocks.
+        return min(256, max(16, triton.next_power_of_2(N))), block_t, block_dh, 4, 1
+    text_tile = block_t * block_dh
+    if backward:
+        block_n = 64 if text_tile <= 32 * 32 else 32 if block_t <= 64 else 16
+        if dtype == torch.float32:
+            # The exact-fp32 dots run on FMA units; pipelined, ptxas spilled kilobytes here.
+            return min(block_n, 32), block_t, block_dh, 8, 1
+        return block_n, block_t, block_dh, 8, 2
+    if text_tile <= 64 * 32:
+        return 64, block_t, block_dh, 4, 3
+    return (64 if block_t <= 64 else 32), block_t, block_dh, 8, 2
+
+
+def _head_strides(tensor):
+    """(stride_b, stride_h, stride_row) of a (B, H, rows, d) tensor with unit stride along d."""
+    return tensor.stride(0), tensor.stride(1), tensor.stride(2)
+
+
+def _unit_last_stride(tensor):
+    return tensor if tensor.stride(-1) == 1 else tensor.contiguous()
+
+
+def _check_inputs(q_v, k_t, v_v, v_t, prior_bias, text_mask):
+    for name, tensor in (("q_v", q_v), ("k_t", k_t), ("v_v", v_v), ("v_t", v_t)):
+        if tensor.dim() != 4:
+            raise ValueError(f"bi_attention: {name} must be (B, H, rows, d), got {tuple(tensor.shape)}")
+        if tensor.dtype != q_v.dtype:
+            raise TypeError(f"bi_attention: q_v, k_t, v_v, v_t must share one dtype, got {q_v.dtype} and "
+                            f"{tensor.dtype} ({name})")
+    if q_v.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"bi_attention: inputs must be float32, float16 or bfloat16, got {q_v.dtype}")
+    batch, heads, tokens, head_dim = q_v.shape
+    text_len = k_t.shape[2]
+    if v_v.shape != q_v.shape:
+        raise ValueError(f"bi_attention: v_v must match q_v's shape {tuple(q_v.shape)}, got {tuple(v_v.shape)}")
+    if k_t.shape != (batch, heads, text_len, head_dim) or v_t.shape != k_t.shape:
+        raise ValueError(f"bi_attention: k_t and v_t must be (B, H, T, d) = ({batch}, {heads}, T, {head_dim}), "
+                         f"got {tuple(k_t.shape)} and {tuple(v_t.shape)}")
+    if not 1 <= text_len <= MAX_TEXT_TOKENS:
+        raise ValueError(f"bi_attention: the fused kernel takes 1 to {MAX_TEXT_TOKENS} text tokens, got {text_len}")
+    if tokens == 0:
+        raise ValueError("bi_attention: needs at least one visual token")
+    if prior_bias is not None and prior_bias.shape != (batch, tokens):
+        raise ValueError(f"bi_attention: prior_bias must be (B, N) = ({batch}, {tokens}), "
+                         f"got {tuple(prior_bias.shape)}")
+    if text_mask is not None and (text_mask.shape != (batch, text_len) or text_mask.dtype != torch.bool):
+        raise ValueError(f"bi_attention: text_mask must be a bool (B, T) = ({batch}, {text_len}) tensor, "
+                         f"got {text_mask.dtype} {tuple(text_mask.shape)}")
+
+
+def _forward(q_v, k_t, v_v, v_t, prior_bias, text_mask, scale):
+    """Launches the forward kernel: o_v, o_t and the text side's log2-sum-exp (B, H, T) fp32."""
+    batch, heads, tokens, head_dim = q_v.shape
+    text_len = k_t.shape[2]
+    o_v = torch.empty(batch, heads, tokens, head_dim, device=q_v.device, dtype=q_v.dtype)
+    o_t = torch.empty(batch, heads, text_len, head_dim, device=q_v.device, dtype=q_v.dtype)
+    lse = torch.empty(batch, heads, text_len, device=q_v.device, dtype=torch.float32)
+    block_n, block_t, block_dh, num_warps, num_stages = _config(tokens, text_len, head_dim, q_v.dtype, backward=False)
+    dot_dtype, dot_precision = dot_config(q_v.dtype)
+    _bi_attention_forward_kernel[(batch * heads,)](
+        q_v, k_t, v_v, v_t,
+        prior_bias if prior_bias is not None else q_v,
+        text_mask if text_mask is not None else q_v,
+        o_v, o_t, lse,
+        heads, tokens, text_len, head_dim, scale * LOG2E,
+        *_head_strides(q_v), *_head_strides(k_t), *_head_strides(v_v), *_head_strides(v_t),
+        prior_bias.stride(0) if prior_bias is not None else 0,
+        text_mask.stride(0) if text_mask is not None else 0,
+        HAS_PRIOR=prior_bias is not None, HAS_MASK=text_mask is not None, DOT_DTYPE=dot_dtype,
+        DOT_PRECISION=dot_precision, BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_DH=block_dh,
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    return o_v, o_t, lse
+
+
+class BiAttentionFunction(torch.autograd.Function):
+    """Differentiable in q_v, k_t, v_v, v_t and prior_bias."""
+
+    @staticmethod
+    def forward(ctx, q_v, k_t, v_v, v_t, prior_bias, text_mask, scale):
+        o_v, o_t, lse = _forward(q_v, k_t, v_v, v_t, prior_bias, text_mask, scale)
+        ctx.scale = scale
+        ctx.save_for_backward(q_v, k_t, v_v, v_t, prior_bias, text_mask, o_t, lse)
+        return o_v, o_t
+
+    @staticmethod
+    def backward(ctx, grad_o_v, grad_o_t):
+        q_v, k_t, v_v, v_t, prior_bias, text_mask, o_t, lse = ctx.saved_tensors
+        batch, heads, tokens, head_dim = q_v.shape
+        text_len = k_t.shape[2]
+        prior_grad = prior_bias is not None and ctx.needs_input_grad[4]
+        d_q = torch.empty(batch, heads, tokens, head_dim, device=q_v.device, dtype=q_v.dtype)
+        d_vv = torch.empty_like(d_q)
+        d_k = torch.empty(batch, heads, text_len, head_dim, device=q_v.device, dtype=q_v.dtype)
+        d_vt = torch.empty_like(d_k)
+        d_prior_heads = torch.empty(batch, heads, tokens if prior_grad else 0, device=q_v.device,
+                                    dtype=torch.float32)
+        block_n, block_t, block_dh, num_warps, num_stages = _config(tokens, text_len, head_dim, q_v.dtype,
+                                                                    backward=True)
+        dot_dtype, dot_precision = dot_config(q_v.dtype)
+        _bi_attention_backward_kernel[(batch * heads,)](
+            q_v, k_t, v_v, v_t,
+            prior_bias if prior_bias is not None else q_v,
+            text_mask if text_mask is not None else q_v,
+            o_t, lse, grad_o_v.contiguous(), grad_o_t.contiguous(),
+            d_q, d_k, d_vv, d_vt, d_prior_heads if prior_grad else d_q,
+            heads, tokens, text_len, head_dim, ctx.scale * LOG2E, ctx.scale,
+            *_head_strides(q_v), *_head_strides(k_t), *_head_strides(v_v), *_head_strides(v_t),
+            prior_bias.stride(0) if prior_bias is not None else 0,
+            text_mask.stride(0) if text_mask is not None else 0,
+            HAS_PRIOR=prior_bias is not None, HAS_MASK=text_mask is not None, PRIOR_GRAD=prior_grad,
+            DOT_DTYPE=dot_dtype, DOT_PRECISION=dot_precision, BLOCK_N=block_n, BLOCK_T=block_t,
+            BLOCK_DH=block_dh, num_warps=num_warps, num_stages=num_stages,
+        )
+        d_prior = d_prior_heads.sum(1).to(prior_bias.dtype) if prior_grad else None
+        return d_q, d_k, d_vv, d_vt, d_prior, None, None
+
+
+def fused_bi_attention(q_v, k_t, v_v, v_t, prior_bias=None, text_mask=None, scale=None):
+    """The Triton version of `reference.bi_attention` (same arguments and result)."""
+    _check_inputs(q_v, k_t, v_v, v_t, prior_bias, text_mask)
+    if scale is None:
+        scale = q_v.shape[-1] ** -0.5
+    q_v, k_t, v_v, v_t = (_unit_last_stride(t) for t in (q_v, k_t, v_v, v_t))
+    if prior_bias is not None:
+        prior_bias = _unit_last_stride(prior_bias)
+    if text_mask is not None:
+        # Triton loads int8 more portably than bool; the mask is tiny.
+        text_mask = text_mask.to(torch.int8).contiguous()
+    inputs = (q_v, k_t, v_v, v_t, prior_bias)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+        return BiAttentionFunction.apply(q_v, k_t, v_v, v_t, prior_bias, text_mask, float(scale))
+    o_v, o_t, _ = _forward(q_v, k_t, v_v, v_t, prior_bias, text_mask, float(scale))
+    return o_v, o_t

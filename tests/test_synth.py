@@ -142,6 +142,14 @@ def test_procedural_scenes_only_without_scikit_image(monkeypatch):
     assert all(generate_pair(seed, cfg).meta["scene"] == "procedural" for seed in range(3))
 
 
+def test_without_shipped_images_scikit_image_makes_no_difference(monkeypatch):
+    cfg = config(use_photos=False, perturb_prob=0.0)
+    before = [generate_pair(seed, cfg) for seed in range(3)]
+    monkeypatch.setattr(synth_scene, "_skimage_data_dir", lambda: None)
+    for seed, pair in enumerate(before):
+        assert_same_pair(pair, generate_pair(seed, cfg))
+
+
 def test_bad_config_is_refused():
     with pytest.raises(ValueError):
         SynthConfig(action_weights={"paint": 1.0})

@@ -23,8 +23,8 @@ The mask rule (exact; see `synth_edit`): before step 4, `(original != edited).an
 `global`). `SynthConfig(keep_clean=True)` puts that pre-perturbation image in `meta["edited_clean"]`.
 
 Determinism: the same seed and config give byte-identical outputs on a machine (the autoencoder
-weights come from the on-disk cache; its CPU convolutions are deterministic for a fixed thread
-count). Outputs differ between machines with and without scikit-image, whose photographs are used.
+weights come from the on-disk cache; it trains and runs on one thread, so torch's thread setting
+does not matter). With `use_photos` on, outputs also depend on whether scikit-image is installed.
 
 Shipped photographs and textures (read from scikit-image's `skimage/data` folder, never
 downloaded; licences as scikit-image's `skimage.data` docstrings state them):
@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from sigma_fast.data.synth_edit import EDITS, finalize, side_effect
 from sigma_fast.data.synth_perturb import AutoencoderSettings, load_autoencoder, perturb
-from sigma_fast.data.synth_scene import available_photos, make_scene
+from sigma_fast.data.synth_scene import make_scene
 from sigma_fast.grounding.edit import ACTIONS
 
 DEFAULT_ACTIONS = {"add": 0.2, "remove": 0.2, "replace": 0.2, "attribute_change": 0.25, "global": 0.15}
@@ -58,7 +58,7 @@ class SynthConfig:
     side_effect_prob: float = 0.3      # chance of an unintended change (local actions only)
     action_weights: dict = field(default_factory=lambda: dict(DEFAULT_ACTIONS))
     jpeg_quality: tuple = (60, 95)     # inclusive range drawn from when perturbing
-    use_photos: bool = True            # shipped photographs as backgrounds, when installed
+    use_photos: bool = True            # scikit-image's photographs and textures, when installed
     photo_prob: float = 0.3
     autoencoder: bool = True           # the autoencoder round trip in the perturbation
     autoencoder_settings: AutoencoderSettings = field(default_factory=AutoencoderSettings)
@@ -100,8 +100,7 @@ def _make_pair(seed, config):
     """-> (SynthPair, the edited image's JPEG bytes or None when it was not JPEG-compressed)."""
     rng = np.random.default_rng(seed)
     action = _action(rng, config.action_weights)
-    photos = available_photos() if config.use_photos else ()
-    scene = make_scene(rng, config.image_size, photos, config.photo_prob)
+    scene = make_scene(rng, config.image_size, config.use_photos, config.photo_prob)
     edit = EDITS[action](rng, scene)
     candidate, region = edit.candidate, edit.region
     meta = {"seed": seed, "scene": scene.kind, **edit.info}

@@ -1,8 +1,10 @@
 """Editor-like perturbation of a whole edited image: a round trip through a small learned
-autoencoder (the stand-in for a diffusion editor's VAE), down/up resampling, and JPEG.
+autoencoder (the stand-in for a diffusion editor's VAE; its fine detail is kept over the input's
+local colour), down/up resampling, and JPEG.
 
 The autoencoder is trained once on generated scenes and cached on disk under a key made of its
 training settings, so every run with the same settings uses the same weights."""
+import contextlib
 import hashlib
 import io
 import json
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sigma_fast.data.synth_scene import available_photos, compose, make_scene
+from sigma_fast.data.synth_scene import available_photos, compose, make_scene, to_uint8
 from sigma_fast.ops import vae_roundtrip_composite
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ class AutoencoderSettings:
     scenes: int = 128         # training scenes generated, cropped at random every step
     lr: float = 3e-3          # peak of the warm-up then cosine schedule
     seed: int = 0
-    photos: bool = True       # mix in the shipped photographs when they are installed
+    photos: bool = True       # mix in scikit-image's photographs and textures when installed
 
     def key(self):
         # the photographs actually found change the training data, so they are part of the key
@@ -66,8 +68,8 @@ def _to_tensor(images):
 
 def _training_scenes(settings):
     rng = np.random.default_rng(settings.seed)
-    photos = available_photos() if settings.photos else ()
-    return _to_tensor(np.stack([compose(make_scene(rng, POOL_SIZE, photos, 0.3)) for _ in range(settings.scenes)]))
+    scenes = [compose(make_scene(rng, POOL_SIZE, settings.photos, 0.3)) for _ in range(settings.scenes)]
+    return _to_tensor(np.stack(scenes))
 
 
 def _batch(rng, pool, settings):
@@ -86,16 +88,23 @@ def _schedule(step, steps):
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def train_autoencoder(settings):
-    """A freshly trained autoencoder (L1 reconstruction), deterministic for `settings` on a given
-    CPU type. It trains on one thread: the weights then do not depend on the thread count, and on
-    a busy machine several threads spinning for cores are far slower."""
+@contextlib.contextmanager
+def _one_thread():
+    # CPU convolutions give slightly different sums with different thread counts, so one thread
+    # makes weights and outputs independent of the setting; on a busy machine it is also faster
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _train(settings)
+        yield
     finally:
         torch.set_num_threads(threads)
+
+
+def train_autoencoder(settings):
+    """A freshly trained autoencoder (L1 reconstruction), deterministic for `settings` on a given
+    CPU type."""
+    with _one_thread():
+        return _train(settings)
 
 
 def _train(settings):
@@ -137,7 +146,7 @@ def load_autoencoder(settings, cache_dir=None):
     if path not in _LOADED:
         if not (path / "config.json").is_file():
             _save(train_autoencoder(settings), path)
-        _LOADED[path] = AutoencoderKL.from_pretrained(path).eval()
+        _LOADED[path] = AutoencoderKL.from_pretrained(path, low_cpu_mem_usage=False).eval()
     return _LOADED[path]
 
 
@@ -156,9 +165,20 @@ def _save(model, path):
 
 def autoencoder_roundtrip(model, image):
     """uint8 (H, W, 3) -> uint8 (H, W, 3): encode, decode the latent mode, save as an editor does."""
-    with torch.inference_mode():
+    with torch.inference_mode(), _one_thread():
         decoded = model.decode(model.encode(_to_tensor(image[None])).latent_dist.mode()).sample
     return vae_roundtrip_composite(decoded)[0].numpy()
+
+
+def keep_colour(decoded, image):
+    """The decoded image's fine detail over the input's local colour. A briefly trained autoencoder
+    renders detail much as an editor's VAE does but shifts colours, which real VAEs keep."""
+    sigma = image.shape[0] / 128
+
+    def low(x):
+        return cv2.GaussianBlur(x.astype(np.float32), (0, 0), sigma)
+
+    return to_uint8(decoded - low(decoded) + low(image))
 
 
 def resample(rng, image):
@@ -182,7 +202,7 @@ def perturb(rng, image, autoencoder, jpeg_quality):
     """-> (perturbed image, info, JPEG bytes). `autoencoder`: a model from `load_autoencoder`, or None."""
     info = {"autoencoder": autoencoder is not None}
     if autoencoder is not None:
-        image = autoencoder_roundtrip(autoencoder, image)
+        image = keep_colour(autoencoder_roundtrip(autoencoder, image), image)
     image, info["resample"] = resample(rng, image)
     info["jpeg_quality"] = int(rng.integers(jpeg_quality[0], jpeg_quality[1] + 1))
     image, data = jpeg(image, info["jpeg_quality"])

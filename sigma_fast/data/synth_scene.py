@@ -310,8 +310,8 @@ def _horizon(rng, size):
     return sky * (1 - weight) + ground * weight
 
 
-def _texture(rng, size):
-    name = str(rng.choice(available_textures()))
+def _texture(rng, size, names):
+    name = str(rng.choice(names))
     gray = _load(TEXTURES[name][0], "L").astype(np.float32)
     crop = _random_crop(rng, gray, size)
     detail = 1 + (crop / max(float(crop.mean()), 1.0) - 1) * rng.uniform(0.4, 1.0)
@@ -328,10 +328,11 @@ def _random_crop(rng, image, size):
     return cv2.resize(np.ascontiguousarray(crop), (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
-def procedural_background(rng, size):
+def procedural_background(rng, size, textures=()):
+    """float32 (H, W, 3); `textures`: names from TEXTURES that may be used."""
     makers = [_linear, _radial, _clouds, _stripes, _horizon]
-    if available_textures():
-        makers.append(_texture)
+    if textures:
+        makers.append(functools.partial(_texture, names=textures))
     base = makers[rng.integers(len(makers))](rng, size)
     # a soft detail layer and uneven lighting keep flat regions from being perfectly flat
     detail = (_value_noise(rng, size, octaves=3) - 0.5) * rng.uniform(0, 40)
@@ -398,13 +399,16 @@ def new_object(rng, size, background, objects, shape=None, center=None, radius=N
     )
 
 
-def make_scene(rng, size, photos, photo_prob):
-    """A random scene: background, 1-4 objects, noise. `photos`: the photo names to draw from."""
+def make_scene(rng, size, shipped, photo_prob):
+    """A random scene: background, 1-4 objects, noise. `shipped`: use scikit-image's photographs
+    (a `photo_prob` share of backgrounds) and textures when they are installed."""
+    photos = available_photos() if shipped else ()
     if photos and rng.random() < photo_prob:
         name = str(rng.choice(photos))
         background, kind = photo_background(rng, size, name), f"photo:{name}"
     else:
-        background, kind = procedural_background(rng, size), "procedural"
+        textures = available_textures() if shipped else ()
+        background, kind = procedural_background(rng, size, textures), "procedural"
     objects = []
     for _ in range(rng.integers(1, 5)):
         obj = new_object(rng, size, background, objects)

@@ -62,7 +62,7 @@ def write_report(out_dir, items, title="sigma_fast annotations"):
         handle.write(f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:1em}} .row{{display:flex;gap:8px;flex-wrap:wrap}}
-figure{{margin:0}} figcaption{{text-align:center;font-size:small}} section{{border-bottom:1px solid #ccc}}</style>
+figure{{margin:0}} img{{border:1px solid #999}} figcaption{{text-align:center;font-size:small}} section{{border-bottom:1px solid #ccc}}</style>
 </head><body><h1>{html.escape(title)}</h1><p>{len(items)} pair(s). Red: the annotated mask.</p>
 {"".join(rows)}
 </body></html>

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from sigma_fast.data.manifest import read_manifest
 from sigma_fast.io.images import ImageLoadError, load_mask
 from sigma_fast.metrics import PixelMetrics
-from sigma_fast.pipeline import batches, decode_pair
+from sigma_fast.pipeline import batches, decode_pair, split_decoded
 
 CHANGED_LEVEL = 8  # |original - edited| above this (0-255, any channel) counts as a changed pixel
 REGENERATED_FRACTION = 0.5
@@ -53,9 +53,8 @@ def evaluate_manifest(annotator, manifest, batch_size=16, workers=4, out_dir=Non
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sigma-decode") as decoder:
         for chunk in batches(records, batch_size):
             decoded = list(decoder.map(decode_with_mask, chunk))
-            ready = [item for item in decoded if not isinstance(item[1], str)]
-            failures += [{"key": r.key, "path": path, "reason": reason}
-                         for r, path, reason in (item for item in decoded if isinstance(item[1], str))]
+            ready, failed = split_decoded(decoded)
+            failures += [{"key": r.key, "path": path, "reason": reason} for r, path, reason in failed]
             if ready:
                 annotations = annotator.annotate_images([item[1].pixels for item in ready],
                                                         [item[2].pixels for item in ready],

@@ -13,20 +13,20 @@ EPS = 1e-8
 POOLED_AUC_BINS = 10000
 
 
+def to_tensor(values):
+    return values if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values))
+
+
 def as_probability(pred):
     """uint8 masks (0/255) scale to [0, 1]; floats are taken as probabilities."""
-    pred = torch.as_tensor(np.asarray(pred) if not isinstance(pred, torch.Tensor) else pred)
-    if pred.dtype == torch.uint8:
-        return pred.float() / 255.0
-    if pred.dtype == torch.bool:
-        return pred.float()
-    return pred.float()
+    pred = to_tensor(pred)
+    return pred.float() / 255.0 if pred.dtype == torch.uint8 else pred.float()
 
 
 def as_binary_gt(gt):
     """A ground-truth mask (0/255 uint8, 0/1, bool, or float) -> bool; uint8 binarised at > 127.5
     as IMDL-BenCo reads masks, other types at > 0.5."""
-    gt = torch.as_tensor(np.asarray(gt) if not isinstance(gt, torch.Tensor) else gt)
+    gt = to_tensor(gt)
     if gt.dim() == 3:  # RGB read of a mask: channel mean, as IMDL-BenCo does
         gt = gt.float().mean(-1) if gt.shape[-1] in (3, 4) else gt.float().mean(0)
         return gt > 127.5

@@ -37,6 +37,13 @@ def decode_pair(record):
     return (record, *decoded)
 
 
+def split_decoded(decoded):
+    """`decode_pair` results -> (ready (record, original, edited, ...) tuples, (record, path, reason) failures)."""
+    ready = [item for item in decoded if not isinstance(item[1], str)]
+    failures = [item for item in decoded if isinstance(item[1], str)]
+    return ready, failures
+
+
 def batches(items, size):
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -82,8 +89,8 @@ def annotate_manifest(annotator, manifest, out_dir, batch_size=16, workers=4, ne
             while pending:
                 decoded = [future.result() for future in pending]
                 pending = [decoder.submit(decode_pair, r) for r in next(chunks, [])]  # decode ahead
-                ready = [item for item in decoded if not isinstance(item[1], str)]
-                for record, path, reason in (item for item in decoded if isinstance(item[1], str)):
+                ready, failures = split_decoded(decoded)
+                for record, path, reason in failures:
                     writer.fail(record.key, path, reason)
                 if ready:
                     annotated += annotate_records(annotator, ready, writer)

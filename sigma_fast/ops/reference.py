@@ -29,12 +29,16 @@ def resize_normalize(image, size):
     return ((x - mean) / std)[0]
 
 
-def preprocess_pairs(originals, editeds, size=518, dtype=torch.float32):
-    """Lists of uint8 (H_i, W_i, 3) -> (x_orig, x_edit), each (B, 3, size, size) in `dtype`."""
+def check_pairs(originals, editeds):
     check_uint8_images(originals, "originals")
     check_uint8_images(editeds, "editeds")
     if len(originals) != len(editeds):
         raise ValueError(f"{len(originals)} originals but {len(editeds)} edited images")
+
+
+def preprocess_pairs(originals, editeds, size=518, dtype=torch.float32):
+    """Lists of uint8 (H_i, W_i, 3) -> (x_orig, x_edit), each (B, 3, size, size) in `dtype`."""
+    check_pairs(originals, editeds)
     x_orig = torch.stack([resize_normalize(image, size) for image in originals]).to(dtype)
     x_edit = torch.stack([resize_normalize(image, size) for image in editeds]).to(dtype)
     return x_orig, x_edit
@@ -83,19 +87,26 @@ def postprocess_masks(logits, sizes, threshold=0.5, return_probs=False):
     return (masks, scores, probs) if return_probs else (masks, scores)
 
 
+def check_composite(x_vae, x_edit, edit_mask):
+    if x_vae.dim() != 4 or x_vae.shape[1] != 3:
+        raise ValueError(f"x_vae must be (B, 3, H, W), got {tuple(x_vae.shape)}")
+    if (x_edit is None) != (edit_mask is None):
+        raise ValueError("x_edit and edit_mask go together")
+    if x_edit is None:
+        return
+    shape = (x_vae.shape[0], x_vae.shape[2], x_vae.shape[3], 3)
+    if x_edit.dtype != torch.uint8 or tuple(x_edit.shape) != shape:
+        raise ValueError(f"x_edit must be uint8 {shape}, got {x_edit.dtype} {tuple(x_edit.shape)}")
+    if tuple(edit_mask.shape) != shape[:3]:
+        raise ValueError(f"edit_mask must be {shape[:3]}, got {tuple(edit_mask.shape)}")
+
+
 def vae_roundtrip_composite(x_vae, x_edit=None, edit_mask=None):
     """VAE decoder output (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3) as an editor saves it,
     with `x_edit` (uint8 (B, H, W, 3)) pasted where `edit_mask` (B, H, W) > 0.5."""
-    if x_vae.dim() != 4 or x_vae.shape[1] != 3:
-        raise ValueError(f"x_vae must be (B, 3, H, W), got {tuple(x_vae.shape)}")
+    check_composite(x_vae, x_edit, edit_mask)
     image = ((x_vae.float().clamp(-1, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     image = image.permute(0, 2, 3, 1).contiguous()
-    if x_edit is None and edit_mask is None:
+    if x_edit is None:
         return image
-    if x_edit is None or edit_mask is None:
-        raise ValueError("x_edit and edit_mask go together")
-    if x_edit.dtype != torch.uint8 or x_edit.shape != image.shape:
-        raise ValueError(f"x_edit must be uint8 {tuple(image.shape)}, got {x_edit.dtype} {tuple(x_edit.shape)}")
-    if edit_mask.shape != image.shape[:3]:
-        raise ValueError(f"edit_mask must be {tuple(image.shape[:3])}, got {tuple(edit_mask.shape)}")
     return torch.where(edit_mask[..., None] > 0.5, x_edit, image)

@@ -52,6 +52,10 @@ def test_defaults_and_number_spellings(tmp_path):
     ({"stage2": {"ema": {"enabled": True}}}, "Stage II mechanisms are enabled but the stage is 1"),
     ({"stage2": {"vae": {"noise_fraction": 0.8, "composite_fraction": 0.5}}}, "noise_fraction + composite_fraction"),
     ({"stage2": {"ema": {"confidence": 0.3}}}, "stage2.ema.confidence: must be in (0.5, 1)"),
+    ({"stage2": {"ema": {"start_step": -1}}}, "stage2.ema.start_step: must be >= 0"),
+    ({"stage2": {"ema": {"augment": {"resave": 1.5}}}}, "stage2.ema.augment.resave"),
+    ({"stage2": {"ema": {"augment": {"resave_scale": [0.5, 2.0]}}}}, "stage2.ema.augment.resave_scale: must be"),
+    ({"stage2": {"ema": {"augment": {"resave_quality": [90, 50]}}}}, "stage2.ema.augment.resave_quality: must be"),
     ({"model": {"backbone": "x", "taps": [5, 2]}}, "model: taps must be increasing"),
     ({"model": {"backbone": "x", "depth": 3}}, "model: unknown SigmaConfig fields: ['depth']"),
 ])

@@ -10,7 +10,7 @@ from sigma_fast.train import load_train_config, train
 from sigma_fast.train.augment import augment_pairs
 from sigma_fast.train.config import AugmentConfig, VaeConfig
 from sigma_fast.train.ema import EmaTeacher
-from sigma_fast.train.losses import disentangle_loss, pooled_responses
+from sigma_fast.train.losses import disentangle_loss, edit_prototype
 from sigma_fast.train.vae import VaeRoundTrip, calibrate, make_vae_pairs, measure_noise_stats
 from train_helpers import CONFIGS, make_pair, write_manifest, write_parquet, write_tiny_vae
 
@@ -73,6 +73,19 @@ def tiny_model(tiny_checkpoint):
     return SigmaModel.from_pretrained(tiny_checkpoint)
 
 
+def test_global_edits_never_become_noise_only_pairs(vae):
+    # a global instruction over a whole-image change is what a global edit looks like: as a
+    # noise-only pair (target all zero) it would teach the model to deny global edits
+    batch = pair_batch(4)
+    batch["instruction"][1] = batch["instruction"][3] = "make it look like winter"
+    batch["edit"] = [parse_instruction(text) for text in batch["instruction"]]
+    assert [edit.action for edit in batch["edit"]].count("global") == 2
+    for seed in range(8):
+        trial = {name: value.clone() if isinstance(value, torch.Tensor) else list(value) for name, value in batch.items()}
+        make_vae_pairs(trial, vae, noise_fraction=0.5, composite_fraction=0.0, generator=torch.Generator().manual_seed(seed))
+        assert trial["kind"] == ["noise", "positive", "noise", "positive"]
+
+
 def test_calibration_measures_noise_stats_and_preserves_the_function(tiny_checkpoint, vae, tmp_path):
     model = tiny_model(tiny_checkpoint)
     batches = [pair_batch(3, seed=0)["original"], pair_batch(2, seed=10)["original"]]
@@ -118,10 +131,13 @@ def test_ema_teacher(tiny_checkpoint):
     assert teacher.current_decay() == pytest.approx(2 / 11)
     teacher.updates = 100000
     assert teacher.current_decay() == 0.999
+    teacher.reset(student)  # self-training starts later: the teacher restarts from the student
+    assert teacher.updates == 0 and teacher.current_decay() == pytest.approx(0.1)
+    torch.testing.assert_close(teacher.model.head_state_dict()[name], student.decoder.head.bias)
 
 
 @pytest.mark.parametrize("bias, label, weight", [(5.0, 1.0, 1.0), (-5.0, 0.0, 1.0), (1.0, 1.0, 0.0), (0.0, 0.0, 0.0)])
-def test_pseudo_labels_keep_confident_pixels_only(tiny_checkpoint, bias, label, weight):
+def test_pseudo_labels_are_weighted_by_the_teachers_confidence(tiny_checkpoint, bias, label, weight):
     teacher = EmaTeacher(tiny_model(tiny_checkpoint), decay=0.999)
     with torch.no_grad():  # a teacher whose logit is `bias` everywhere
         teacher.model.decoder.head.weight.zero_()
@@ -131,6 +147,19 @@ def test_pseudo_labels_keep_confident_pixels_only(tiny_checkpoint, bias, label, 
     labels, weights = teacher.pseudo_label(x_orig, x_edit, batch["instruction"], batch["edit"], confidence=0.9)
     assert labels.shape == weights.shape == (2, SIZE, SIZE)
     assert (labels == label).all() and (weights == weight).all()
+
+
+def test_pseudo_label_weight_is_the_images_confident_share(tiny_checkpoint, monkeypatch):
+    teacher = EmaTeacher(tiny_model(tiny_checkpoint), decay=0.999)
+    logits = torch.zeros(2, 1, SIZE, SIZE)
+    logits[0, :, : SIZE // 4] = 6.0  # image 0: a quarter confidently edited, the rest unsure
+    logits[1] = -6.0  # image 1: confidently unedited everywhere
+    monkeypatch.setattr(teacher.model, "forward", lambda *args: logits)
+    batch = pair_batch(2)
+    x_orig, x_edit = ops.preprocess_pairs(list(batch["original"]), list(batch["edited"]), size=SIZE)
+    labels, weights = teacher.pseudo_label(x_orig, x_edit, batch["instruction"], batch["edit"], confidence=0.9)
+    assert labels[0, : SIZE // 4].eq(1).all() and labels[0, SIZE // 4:].eq(0).all() and labels[1].eq(0).all()
+    assert torch.allclose(weights[0], torch.full((SIZE, SIZE), 0.25)) and weights[1].eq(1).all()
 
 
 def test_augmentation_is_identical_on_both_images_and_the_label():
@@ -153,13 +182,36 @@ def test_augmentation_is_identical_on_both_images_and_the_label():
     assert iou > 0.85
 
 
+def test_resave_changes_the_edited_image_only():
+    batch = pair_batch(4)
+    weight = torch.ones(4, SIZE, SIZE)
+
+    def augmented(**resave):
+        return augment_pairs(batch["original"], batch["edited"], batch["mask"], weight,
+                             AugmentConfig(translate=0.2, **resave), torch.Generator().manual_seed(1))
+
+    plain, resaved = augmented(), augmented(resave=1.0, resave_scale=(0.5, 0.5), resave_quality=(30, 30))
+    for index in (0, 2, 3):  # original, label, weight: the same draws, untouched by the resave
+        assert torch.equal(plain[index], resaved[index])
+    # the edited image changes everywhere a little (a resave), not only where the edit is
+    difference = (plain[1].float() - resaved[1].float()).abs().mean(-1)
+    outside = (plain[2] == 0) & (plain[3] == 1)
+    assert difference[outside].mean() > 1.0 and difference.max() < 255
+    untouched = augmented(resave=0.0, resave_scale=(0.5, 0.5))
+    assert torch.equal(untouched[1], plain[1])
+
+
 def test_disentangle_loss_formula():
-    tokens = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.0, 2.0], [5.0, 5.0]]])  # (1, 4, 2)
+    tokens = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [5.0, 5.0]]])  # (1, 4, 2)
     coverage = torch.tensor([[1.0, 0.0, 0.0, 0.3]])  # edited, noise, noise, ignored
     loss, separation = disentangle_loss(tokens, coverage, margin=1.5)
-    assert separation == pytest.approx(1.0)  # pooled (1, 0) vs (0, 1.5): orthogonal
-    assert loss == pytest.approx(0.5)
-    assert disentangle_loss(tokens, coverage, margin=1.0)[0] == 0
+    # per noise token: 1 - cos with the prototype (1, 0) is 1 and 1 - 1/sqrt(2)
+    distances = torch.tensor([1.0, 1 - 2 ** -0.5])
+    assert separation == pytest.approx(distances.mean().item())
+    assert loss == pytest.approx((1.5 - distances).mean().item())
+    # a margin met by the first noise token but not the second: only the second counts
+    assert disentangle_loss(tokens, coverage, margin=1.0)[0] == pytest.approx((1.0 - distances[1]).item() / 2)
+    assert disentangle_loss(tokens[:, [0, 1]], coverage[:, [0, 1]], margin=1.0)[0] == 0
     no_edit, none = disentangle_loss(tokens, torch.zeros(1, 4), margin=1.0)
     assert no_edit == 0 and none is None and no_edit.requires_grad is False
 
@@ -179,12 +231,12 @@ def test_optimising_the_disentangle_loss_separates_edit_from_noise():
         branch.bias.fill_(2.0)
     optimizer = torch.optim.Adam(branch.parameters(), lr=1e-2)
 
-    def separation():
+    def closest_noise_token():
         with torch.no_grad():
-            edit_mean, noise_mean = pooled_responses(branch(f_orig, f_edit), coverage)
-        return 1 - torch.nn.functional.cosine_similarity(edit_mean, noise_mean, dim=0).item()
+            prototype, noise = edit_prototype(branch(f_orig, f_edit), coverage)
+        return (1 - torch.nn.functional.cosine_similarity(noise, prototype[None], dim=1)).min().item()
 
-    start = separation()
+    start = closest_noise_token()
     first_loss = None
     for _ in range(60):
         loss, _ = disentangle_loss(branch(f_orig, f_edit), coverage, margin=1.0)
@@ -192,7 +244,8 @@ def test_optimising_the_disentangle_loss_separates_edit_from_noise():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert start < 0.5 and separation() > start + 0.4
+    # every noise-only token, the closest one included, moves away from the edit prototype
+    assert start < 0.5 and closest_noise_token() > start + 0.4
     assert disentangle_loss(branch(f_orig, f_edit), coverage, margin=1.0)[0].item() < first_loss
 
 
@@ -218,6 +271,14 @@ def test_stage2_run_calibrates_self_trains_and_resumes_exactly(tiny_checkpoint, 
                     progress=False)
     assert resumed["losses"] == pytest.approx(full["losses"][3:], abs=1e-6, rel=0)
     # an ablation is one flag: the same run without EMA self-training logs no EMA columns
+    # self-training from step 4: no EMA loss before it, and a resume from step 3 crosses the start exactly
+    delayed = train(config(tmp_path / "delayed", **{"stage2.ema.start_step": 4}), progress=False)
+    rows = [line.split(",") for line in (tmp_path / "delayed" / "train.csv").read_text().splitlines()]
+    ema_column = rows[0].index("ema_bce")
+    assert [row[ema_column] != "" for row in rows[1:]] == [False, False, True]  # logged at steps 2, 4, 6
+    resumed = train(config(tmp_path / "delayed_resumed", **{"stage2.ema.start_step": 4}),
+                    resume=str(tmp_path / "delayed" / "checkpoints" / "step_00000003"), progress=False)
+    assert resumed["losses"] == pytest.approx(delayed["losses"][3:], abs=1e-6, rel=0)
     ablated = train(config(tmp_path / "no_ema", **{"stage2.ema.enabled": False, "optim.steps": 1}), progress=False)
     assert ablated["step"] == 1
     assert "ema_bce" not in (tmp_path / "no_ema" / "train.csv").read_text().splitlines()[0]

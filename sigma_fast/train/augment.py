@@ -3,12 +3,16 @@
 Each pair draws one set of parameters, applied identically to both images, so a pixel that did
 not change between them still does not change; the geometric part is also applied to the
 pseudo-label and its confidence weight (nearest neighbour), and pixels moved in from outside
-the frame get weight 0.
+the frame get weight 0. Then, for a share of the pairs, the edited image alone is saved again as
+an editor's pipeline may save it (resampled down and up, JPEG): a change everywhere that is not an
+edit, so the student learns to give the teacher's mask through it.
 """
 import math
 
 import torch
 import torch.nn.functional as F
+
+from sigma_fast.train.data import jpeg_reencode
 
 
 def _uniform(generator, count, low, high):
@@ -44,6 +48,28 @@ def affine_matrices(count, config, generator):
                         torch.stack([sin * flip, cos, shift[:, 1]], -1)], 1)
 
 
+def resave(edited, config, generator):
+    """uint8 (B, S, S, 3) edited images -> the same, each with probability `config.resave`
+    resampled by a factor in `config.resave_scale` (antialiased down, bilinear up) and JPEG-encoded
+    at a quality in `config.resave_quality`."""
+    count, size = edited.shape[0], edited.shape[1]
+    chosen = torch.rand(count, generator=generator) < config.resave
+    scales = _uniform(generator, count, *config.resave_scale)
+    low, high = config.resave_quality
+    qualities = torch.randint(low, high + 1, (count,), generator=generator)
+    images = []
+    for image, resaved, scale, quality in zip(edited, chosen.tolist(), scales.tolist(), qualities.tolist()):
+        if resaved:
+            x = image.permute(2, 0, 1)[None].float()
+            small = max(1, round(size * scale))
+            x = F.interpolate(x, size=(small, small), mode="bilinear", antialias=True, align_corners=False)
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+            image = x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8)
+            image = jpeg_reencode(image.cpu(), quality).to(edited.device)
+        images.append(image)
+    return torch.stack(images)
+
+
 def augment_pairs(original, edited, label, weight, config, generator):
     """original, edited uint8 (B, S, S, 3); label, weight float (B, S, S) -> the same, augmented.
     `generator` is a CPU torch.Generator: the draws do not depend on the device."""
@@ -57,4 +83,5 @@ def augment_pairs(original, edited, label, weight, config, generator):
     maps = torch.stack([label, weight, torch.ones_like(weight)], 1)  # (B, 3, S, S)
     maps = F.grid_sample(maps, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     images = torch.stack(warped).mul(255).round().clamp(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2)
-    return images[0].contiguous(), images[1].contiguous(), maps[:, 0], maps[:, 1] * maps[:, 2]
+    edited = resave(images[1].contiguous(), config, generator) if config.resave else images[1].contiguous()
+    return images[0].contiguous(), edited, maps[:, 0], maps[:, 1] * maps[:, 2]

@@ -130,11 +130,19 @@ class AugmentConfig:
     rotate_degrees: float = 15.0
     scale: Tuple[float, float] = (0.8, 1.25)
     translate: float = 0.1  # fraction of the image size
+    resave: float = 0.0  # share of pairs whose edited image alone is resampled and JPEG-encoded again
+    resave_scale: Tuple[float, float] = (0.5, 1.0)  # resampling factor (down, then back up)
+    resave_quality: Tuple[int, int] = (50, 95)
 
     def validate(self, where):
         for name in ("brightness", "contrast", "saturation", "noise_std", "rotate_degrees", "translate"):
             check(getattr(self, name) >= 0, where, name, f"must be >= 0, got {getattr(self, name)}")
         check_fraction(self, where, "hflip")
+        check_fraction(self, where, "resave")
+        low, high = self.resave_scale
+        check(0 < low <= high <= 1, where, "resave_scale", f"must be [low, high] in (0, 1], got {[low, high]}")
+        low, high = self.resave_quality
+        check(1 <= low <= high <= 100, where, "resave_quality", f"must be [low, high] in 1..100, got {[low, high]}")
         check(0 < self.scale[0] <= self.scale[1], where, "scale", f"must be [low, high] with 0 < low <= high, got {list(self.scale)}")
 
 
@@ -147,6 +155,11 @@ class EmaConfig:
     confidence: float = 0.9  # pixels with max(p, 1 - p) >= confidence are pseudo-labelled, the rest ignored
     weight: float = 1.0
     batch_size: int = 16  # global unlabelled pairs per step
+    # Stage II steps before self-training starts; the teacher is then reset to the student, so that
+    # its pseudo-labels come from a model the other mechanisms have already adapted to the editor's
+    # domain (a Stage I teacher labels the editor's perturbation as edits, and self-training
+    # reinforces that).
+    start_step: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self, where):
@@ -154,6 +167,7 @@ class EmaConfig:
         check(0.5 < self.confidence < 1, where, "confidence", f"must be in (0.5, 1), got {self.confidence}")
         check(self.weight > 0, where, "weight", f"must be > 0, got {self.weight}")
         check(self.batch_size > 0, where, "batch_size", f"must be > 0, got {self.batch_size}")
+        check(self.start_step >= 0, where, "start_step", f"must be >= 0, got {self.start_step}")
         self.augment.validate(f"{where}.augment")
 
 

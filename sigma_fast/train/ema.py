@@ -1,5 +1,6 @@
 """Stage II, EMA self-training: an exponential-moving-average teacher of the student's head
-pseudo-labels unlabelled editing pairs; only its confident pixels supervise the student."""
+pseudo-labels unlabelled editing pairs; each image supervises the student as much as the teacher
+is confident about it."""
 import torch
 
 from sigma_fast.model import SigmaModel, TextEncoder
@@ -24,6 +25,12 @@ class EmaTeacher:
         self.decay, self.warmup, self.updates = decay, warmup, 0
         self.parameter_names = {name for name, p in student.named_parameters() if p.requires_grad}
 
+    @torch.no_grad()
+    def reset(self, student: SigmaModel):
+        """The teacher becomes a copy of the student's head, with the decay warm-up restarted."""
+        self.model.load_head_state_dict(student.head_state_dict())
+        self.updates = 0
+
     def current_decay(self):
         if not self.warmup:
             return self.decay
@@ -44,13 +51,19 @@ class EmaTeacher:
 
     @torch.no_grad()
     def pseudo_label(self, x_orig, x_edit, instructions, edits, confidence):
-        """Clean pairs (B, 3, S, S) -> (label, weight), each (B, S, S): label = p > 0.5, weight = 1
-        where the teacher is confident (max(p, 1 - p) >= confidence), else 0."""
+        """Clean pairs (B, 3, S, S) -> (label, weight), each (B, S, S): label = p > 0.5 on every
+        pixel; weight = the share of the image's pixels where the teacher is confident
+        (max(p, 1 - p) >= confidence), the same on all of its pixels (DAFormer's quality estimate).
+
+        Gating pixel by pixel instead keeps few background pixels of perturbed pairs, where the
+        teacher is unsure, next to its confident edits: the student then learns to mark more and
+        more (docs/results.md's earlier runs). Whole images keep both classes, and an image counts
+        as much as the teacher is sure of it."""
         tokens, mask = self.model.encode_text(instructions, edits)
         prob = torch.sigmoid(self.model(x_orig, x_edit, tokens, mask)[:, 0].float())
         label = (prob > 0.5).float()
-        weight = (torch.maximum(prob, 1 - prob) >= confidence).float()
-        return label, weight
+        confident = (torch.maximum(prob, 1 - prob) >= confidence).float()
+        return label, confident.mean((1, 2), keepdim=True).expand_as(label).contiguous()
 
     def state_dict(self):
         return {"updates": self.updates, "head": self.model.head_state_dict()}

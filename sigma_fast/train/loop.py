@@ -289,7 +289,7 @@ class Trainer:
             self._stop(f"the gradient norm is {grad_norm.item()}", values)
         self.optimizer.step()
         self.scheduler.step()
-        if self.teacher is not None:
+        if unlabelled is not None:
             self.teacher.update(self.model)
         logged = {"loss": sums[0].item() / self.dist.world}
         for index, name in enumerate(names, start=1):
@@ -357,6 +357,10 @@ class Trainer:
             while self.step < config.optim.steps:
                 batch = next(batches)
                 unlabelled = next(unlabelled_batches) if unlabelled_batches is not None else None
+                if unlabelled is not None and self.step < config.stage2.ema.start_step:
+                    unlabelled = None  # drawn all the same: the stream's position stays the step's
+                if unlabelled is not None and self.teacher.updates == 0:
+                    self.teacher.reset(self.model)  # self-training starts from the student as it is now
                 lr = self.scheduler.get_last_lr()[0]
                 values = self.train_step(batch, unlabelled)
                 self.batches += 1

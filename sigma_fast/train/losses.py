@@ -36,15 +36,15 @@ def token_coverage(mask, grid):
     return F.adaptive_avg_pool2d(mask[:, None].float(), grid).flatten(1)
 
 
-def pooled_responses(tokens, coverage):
-    """Mean difference-branch token over the edited tokens (coverage >= 0.5) and over the
-    noise-only tokens (coverage == 0) of the batch: two (D,) vectors, or None when a set is empty."""
+def edit_prototype(tokens, coverage):
+    """The mean difference-branch token over the edited tokens (coverage >= 0.5) of the batch, (D,),
+    and the noise-only tokens (coverage == 0), (M, D); None when either set is empty."""
     tokens = tokens.float().flatten(0, 1)  # (B*N, D)
     coverage = coverage.flatten()
     edited, noise = coverage >= EDITED_COVERAGE, coverage == 0
     if not edited.any() or not noise.any():
         return None
-    return tokens[edited].mean(0), tokens[noise].mean(0)
+    return tokens[edited].mean(0), tokens[noise]
 
 
 def disentangle_loss(tokens, coverage, margin):
@@ -55,18 +55,20 @@ def disentangle_loss(tokens, coverage, margin):
 
         E = {(b, t) : c_{b,t} >= 1/2}        edited tokens
         Z = {(b, t) : c_{b,t} = 0}           noise-only tokens (nothing edited in the patch)
-        e = mean_{E} h,   n = mean_{Z} h     pooled responses over the batch
-        L_dis = max(0, margin - (1 - cos(e, n)))
+        e = mean_{E} h                       the batch's edit prototype
+        L_dis = mean_{z in Z} max(0, margin - (1 - cos(h_z, e)))
 
-    i.e. a hinge on the cosine distance between the pooled responses: zero once the edited and the
-    noise-only responses are at least `margin` apart (margin in (0, 2]; 1 = orthogonal).
-    Tokens with 0 < c < 1/2 are ignored. Returns (loss, separation = 1 - cos(e, n)); a batch
-    without both kinds of tokens gives a zero loss that stays in the graph (for DDP).
+    i.e. every noise-only token, not only their mean, must be at least `margin` in cosine distance
+    from the edit prototype (margin in (0, 2]; 1 = orthogonal). A hinge on pooled responses is met
+    by the mean of many unchanged tokens while the few tokens that the editor's noise moves, the
+    ones that become false positives, still look like edits. Tokens with 0 < c < 1/2 are ignored.
+    Returns (loss, separation = mean_Z (1 - cos(h_z, e))); a batch without both kinds of tokens
+    gives a zero loss that stays in the graph (for DDP).
     """
-    pooled = pooled_responses(tokens, coverage)
-    if pooled is None:
+    split = edit_prototype(tokens, coverage)
+    if split is None:
         zero = tokens.float().sum() * 0.0
         return zero, None
-    edited, noise = pooled
-    separation = 1 - F.cosine_similarity(edited, noise, dim=0, eps=1e-8)
-    return torch.relu(margin - separation), separation.detach()
+    prototype, noise = split
+    distance = 1 - F.cosine_similarity(noise, prototype[None], dim=1, eps=1e-8)
+    return torch.relu(margin - distance).mean(), distance.mean().detach()

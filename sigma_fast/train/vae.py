@@ -59,14 +59,16 @@ class VaeRoundTrip:
 def make_vae_pairs(batch, vae, noise_fraction, composite_fraction, generator):
     """Turn part of a labelled batch (on its device) into noise-only pairs and composites, in place.
 
-    Of the b samples, round(noise_fraction * b) become (original, round trip) with an empty mask;
-    round(composite_fraction * b) of the positives with a non-empty mask become
+    Of the b samples, up to round(noise_fraction * b) whose instruction is not a global edit become
+    (original, round trip) with an empty mask: a global instruction over a whole-image change is
+    what a global edit looks like, so such a pair would teach the model to deny global edits.
+    round(composite_fraction * b) of the other positives with a non-empty mask become
     (original, edited pasted on the round trip) with their mask. One VAE pass serves both."""
     count = batch["original"].shape[0]
     order = torch.randperm(count, generator=generator).tolist()
-    noise = order[:round(noise_fraction * count)]
-    candidates = [i for i in order[len(noise):]
-                  if batch["kind"][i] == "positive" and bool(batch["mask"][i].any())]
+    noise = [i for i in order if batch["edit"][i].action != "global"][:round(noise_fraction * count)]
+    candidates = [i for i in order if i not in noise
+                  and batch["kind"][i] == "positive" and bool(batch["mask"][i].any())]
     composite = candidates[:round(composite_fraction * count)]
     chosen = noise + composite
     if not chosen:

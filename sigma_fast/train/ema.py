@@ -57,8 +57,8 @@ class EmaTeacher:
 
         Gating pixel by pixel instead keeps few background pixels of perturbed pairs, where the
         teacher is unsure, next to its confident edits: the student then learns to mark more and
-        more (docs/results.md's earlier runs). Whole images keep both classes, and an image counts
-        as much as the teacher is sure of it."""
+        more (the development runs in docs/results.md's reading). Whole images keep both classes,
+        and an image counts as much as the teacher is sure of it."""
         tokens, mask = self.model.encode_text(instructions, edits)
         prob = torch.sigmoid(self.model(x_orig, x_edit, tokens, mask)[:, 0].float())
         label = (prob > 0.5).float()

@@ -39,6 +39,24 @@ def _text_is_real(mask_ptr, b, stride_mask_b, t_offs, t_valid, HAS_MASK: tl.cons
 
 
 @triton.jit
+def _head_text(pid, H, T, HEAD_DIM, k_ptr, vt_ptr, mask_ptr, stride_kb, stride_kh, stride_kt, stride_vtb,
+               stride_vth, stride_vtt, stride_mask_b, HAS_MASK: tl.constexpr, DOT_DTYPE: tl.constexpr,
+               BLOCK_T: tl.constexpr, BLOCK_DH: tl.constexpr):
+    """What both kernels hold for their (batch, head) program: b, h, the text and head-dim offsets
+    with their bounds, which text tokens are real, and the head's text keys and values (DOT_DTYPE)."""
+    b = pid // H
+    h = pid % H
+    t_offs = tl.arange(0, BLOCK_T)
+    t_valid = t_offs < T
+    d_offs = tl.arange(0, BLOCK_DH)
+    d_valid = d_offs < HEAD_DIM
+    text_real = _text_is_real(mask_ptr, b, stride_mask_b, t_offs, t_valid, HAS_MASK)
+    k = _load_text(k_ptr + b * stride_kb + h * stride_kh, t_offs, t_valid, d_offs, d_valid, stride_kt)
+    v_t = _load_text(vt_ptr + b * stride_vtb + h * stride_vth, t_offs, t_valid, d_offs, d_valid, stride_vtt)
+    return b, h, t_offs, t_valid, d_offs, d_valid, text_real, k.to(DOT_DTYPE), v_t.to(DOT_DTYPE)
+
+
+@triton.jit
 def _visual_softmax(logits, text_real):
     """Row softmax over the text axis (log2 units), padded text excluded."""
     logits = tl.where(text_real[None, :], logits, float("-inf"))
@@ -67,17 +85,9 @@ def _bi_attention_forward_kernel(
     BLOCK_DH: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    b = pid // H
-    h = pid % H
-    t_offs = tl.arange(0, BLOCK_T)
-    t_valid = t_offs < T
-    d_offs = tl.arange(0, BLOCK_DH)
-    d_valid = d_offs < HEAD_DIM
-    text_real = _text_is_real(mask_ptr, b, stride_mask_b, t_offs, t_valid, HAS_MASK)
-    k = _load_text(k_ptr + b * stride_kb + h * stride_kh, t_offs, t_valid, d_offs, d_valid, stride_kt)
-    v_t = _load_text(vt_ptr + b * stride_vtb + h * stride_vth, t_offs, t_valid, d_offs, d_valid, stride_vtt)
-    k = k.to(DOT_DTYPE)
-    v_t = v_t.to(DOT_DTYPE)
+    b, h, t_offs, t_valid, d_offs, d_valid, text_real, k, v_t = _head_text(
+        pid, H, T, HEAD_DIM, k_ptr, vt_ptr, mask_ptr, stride_kb, stride_kh, stride_kt, stride_vtb, stride_vth,
+        stride_vtt, stride_mask_b, HAS_MASK, DOT_DTYPE, BLOCK_T, BLOCK_DH)
     q_head = q_ptr + b.to(tl.int64) * stride_qb + h * stride_qh
     vv_head = vv_ptr + b.to(tl.int64) * stride_vvb + h * stride_vvh
     ov_head = ov_ptr + pid.to(tl.int64) * N * HEAD_DIM
@@ -127,17 +137,9 @@ def _bi_attention_backward_kernel(
     BLOCK_T: tl.constexpr, BLOCK_DH: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    b = pid // H
-    h = pid % H
-    t_offs = tl.arange(0, BLOCK_T)
-    t_valid = t_offs < T
-    d_offs = tl.arange(0, BLOCK_DH)
-    d_valid = d_offs < HEAD_DIM
-    text_real = _text_is_real(mask_ptr, b, stride_mask_b, t_offs, t_valid, HAS_MASK)
-    k = _load_text(k_ptr + b * stride_kb + h * stride_kh, t_offs, t_valid, d_offs, d_valid, stride_kt)
-    v_t = _load_text(vt_ptr + b * stride_vtb + h * stride_vth, t_offs, t_valid, d_offs, d_valid, stride_vtt)
-    k = k.to(DOT_DTYPE)
-    v_t = v_t.to(DOT_DTYPE)
+    b, h, t_offs, t_valid, d_offs, d_valid, text_real, k, v_t = _head_text(
+        pid, H, T, HEAD_DIM, k_ptr, vt_ptr, mask_ptr, stride_kb, stride_kh, stride_kt, stride_vtb, stride_vth,
+        stride_vtt, stride_mask_b, HAS_MASK, DOT_DTYPE, BLOCK_T, BLOCK_DH)
     # Padded text rows of o_t are constant zeros: their gradient stops here.
     d_ot = _load_text(dot_ptr + pid * T * HEAD_DIM, t_offs, text_real, d_offs, d_valid, HEAD_DIM)
     o_t = _load_text(ot_ptr + pid * T * HEAD_DIM, t_offs, t_valid, d_offs, d_valid, HEAD_DIM)

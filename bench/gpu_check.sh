@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# One-call GPU check for a lent H100/H200: build the CUDA extension, run the GPU tests, run the
-# throughput benchmarks, print a short table last. Usage (repo root): bash bench/gpu_check.sh
-# Every phase has its own time limit so that one slow phase still leaves the table of the others.
+# One-call GPU check for a lent H100/H200 (issue 11): build the CUDA extension, run the GPU tests,
+# run the throughput benchmarks (one pytest-benchmark JSON), profile the core, print a short table
+# last. Usage (repo root): bash bench/gpu_check.sh   (writes under $OUT, else /tmp/sigma_fast_gpu)
+# Every phase has its own time limit (90 + 100 + 50 + 250 + 45 s = 535 s in all) so that one slow
+# phase still leaves the results of the others; pytest phases get SIGINT first, so that
+# pytest-benchmark still writes the JSON of the rows that finished.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-/tmp/sigma_fast_gpu}"
@@ -10,23 +13,48 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT_DIR/card.txt"
 python -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__,
 'transformers', transformers.__version__)" | tee -a "$OUT_DIR/card.txt"
+CARD="$(head -1 "$OUT_DIR/card.txt" | cut -d, -f1 | sed 's/^NVIDIA //; s/[^A-Za-z0-9]\+/_/g')"
+RUN_JSON="$OUT_DIR/$(date -u +%F)_${CARD}.json"  # the name bench/runs/ keeps it under
+
+exec 3>&1  # phase reports go to the script's stdout even from a redirected or piped phase
+phase() {  # phase NAME SECONDS COMMAND...: run with a time limit, report its time and status
+  local name="$1" limit="$2" started status
+  shift 2
+  started=$(date +%s)
+  timeout -s INT -k 15 "$limit" "$@"
+  status=$?
+  echo "== $name: $(( $(date +%s) - started )) s, exit $status$([ "$status" = 124 ] && echo ' (timed out)')" >&3
+  return "$status"
+}
 
 # The lent cards are Hopper: build for sm_90a only (CI's .ci/cuda_build.sh checks the full list).
 # --no-deps: the machine has no package index; its image holds what the GPU paths import.
-started=$(date +%s)
-MAX_JOBS="${MAX_JOBS:-16}" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" \
-  timeout 300 python -m pip install -q --no-deps --no-build-isolation -e . > "$OUT_DIR/install.log" 2>&1 \
+export MAX_JOBS="${MAX_JOBS:-16}" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}"
+phase build 90 python -m pip install -q --no-deps --no-build-isolation -e . > "$OUT_DIR/install.log" 2>&1 \
   || { echo "install failed"; tail -40 "$OUT_DIR/install.log"; }
-echo "build: $(( $(date +%s) - started )) s"
 python -c "import sigma_fast._ext as e; print('CUDA ops built:', e.has_cuda_ops())"
 
-# The kernel and op test files run whole on the GPU (compiled Triton, the CUDA ops); other test
-# files need packages this machine lacks and have no GPU paths.
-timeout 180 python -m pytest -q -p no:cacheprovider tests/test_kernels_feature_diff.py \
-  tests/test_kernels_bi_attention.py tests/test_ops.py 2>&1 | tail -25 | tee "$OUT_DIR/gpu_tests.txt"
+# GPU tests. Run whole: the kernel and op files (their kernels run on CUDA tensors when a GPU is
+# there) and the decoder's. Run with -m gpu only: every other test file with gpu-marked tests
+# (the rest of those files needs packages this machine lacks, or full-size CPU runs).
+WHOLE=(tests/test_kernels_*.py tests/test_ops.py tests/test_decoder.py)
+mapfile -t MARKED < <(grep -l "pytest.mark.gpu" tests/test_*.py | grep -v -e "tests/test_kernels_" \
+  -e "tests/test_ops.py" -e "tests/test_decoder.py")
+echo "GPU test files, whole: ${WHOLE[*]}"
+echo "GPU test files, -m gpu: ${MARKED[*]}"
+phase "tests (whole files)" 100 python -m pytest -q -p no:cacheprovider "${WHOLE[@]}" 2>&1 \
+  | tail -25 | tee "$OUT_DIR/gpu_tests.txt"
+phase "tests (-m gpu)" 50 python -m pytest -q -p no:cacheprovider -m gpu "${MARKED[@]}" 2>&1 \
+  | tail -15 | tee -a "$OUT_DIR/gpu_tests.txt"
 
-timeout 240 python -m pytest -q -p no:cacheprovider bench --benchmark-only --benchmark-json="$OUT_DIR/bench.json" \
+# Benchmarks, the core and training first (their ratios need the baselines of the same process).
+phase benchmarks 250 python -m pytest -q -p no:cacheprovider bench/bench_core.py bench/bench_train.py \
+  bench/bench_attention.py bench/bench_linear_epilogue.py bench/bench_rowwise.py bench/bench_kernels.py bench/bench_ops.py --benchmark-only --benchmark-json="$OUT_DIR/bench.json" \
   --benchmark-columns=median,ops --benchmark-sort=name > "$OUT_DIR/bench.txt" 2>&1
 tail -15 "$OUT_DIR/bench.txt"
+[ -f "$OUT_DIR/bench.json" ] && cp "$OUT_DIR/bench.json" "$RUN_JSON" && echo "run JSON: $RUN_JSON"
 
-python bench/summarize.py "$OUT_DIR/bench.json" "$(head -1 "$OUT_DIR/card.txt")" | tee "$OUT_DIR/table.txt"
+phase profile 45 python bench/profile_core.py --rows 15 > "$OUT_DIR/profile.txt" 2>&1
+head -12 "$OUT_DIR/profile.txt"
+
+[ -f "$OUT_DIR/bench.json" ] && python bench/summarize.py "$OUT_DIR/bench.json" "$CARD" | tee "$OUT_DIR/table.txt"

@@ -1,26 +1,48 @@
 """Prints the short table that ends bench/gpu_check.sh from a pytest-benchmark JSON file.
 
-Each benchmark may record `extra_info` with `pairs` (items per call), `baseline` (the name of the
-benchmark it is compared with) and `floor_s` (its memory or compute floor in seconds).
+    python bench/summarize.py BENCH.json [CARD]
+
+Per benchmark: median ms, pairs/s, ratios to baselines and share of the floor, from `extra_info`:
+- rows of bench_core.py / bench_train.py: `median_ms` (CUDA events), `pairs_per_s`,
+  `ratio_to_<baseline>` (each baseline measured earlier in the same run), `share_of_floor`;
+- rows of bench_kernels.py / bench_ops.py (and older runs): `pairs` (items per call), `baseline`
+  (the benchmark compared with) and `floor_s` (memory or compute floor in seconds), with
+  pytest-benchmark's median.
+The card is the JSON's `machine_info["cuda"]["card"]` (bench/conftest.py), else CARD.
 """
 import json
 import sys
 
 
-def main(path, card):
+def ratios(info, medians, median):
+    named = {key[len("ratio_to_"):]: value for key, value in info.items() if key.startswith("ratio_to_")}
+    if not named and info.get("baseline") in medians:
+        named[info["baseline"]] = medians[info["baseline"]] / median
+    return ", ".join(f"{value:.2f}x {name}" for name, value in named.items())
+
+
+def row(bench, medians):
+    """-> (name, median ms, pairs/s or None, ratios text, share of floor or None)."""
+    info, median = bench.get("extra_info", {}), bench["stats"]["median"]
+    median_ms = info.get("median_ms", median * 1e3)
+    pairs_per_s = info.get("pairs_per_s", info["pairs"] / median if "pairs" in info else None)
+    share = info.get("share_of_floor", info["floor_s"] / median if "floor_s" in info else None)
+    return bench["name"], median_ms, pairs_per_s, ratios(info, medians, median), share
+
+
+def main(path, card=None):
     with open(path) as handle:
-        benchmarks = json.load(handle)["benchmarks"]
+        run = json.load(handle)
+    benchmarks = run["benchmarks"]
+    card = run.get("machine_info", {}).get("cuda", {}).get("card") or card or "unknown card"
     medians = {bench["name"]: bench["stats"]["median"] for bench in benchmarks}
     print(f"\n{card}")
-    print(f"{'benchmark':60s} {'median ms':>10s} {'pairs/s':>10s} {'vs baseline':>12s} {'floor share':>11s}")
-    for bench in benchmarks:
-        info, median = bench.get("extra_info", {}), bench["stats"]["median"]
-        rate = f"{info['pairs'] / median:10.0f}" if "pairs" in info else f"{'':10s}"
-        base = info.get("baseline")
-        ratio = f"{medians[base] / median:11.2f}x" if base in medians else f"{'':12s}"
-        floor = f"{info['floor_s'] / median:11.2f}" if "floor_s" in info else ""
-        print(f"{bench['name'][:60]:60s} {median * 1e3:10.3f} {rate} {ratio} {floor}")
+    print(f"{'benchmark':50s} {'median ms':>10s} {'pairs/s':>10s} {'floor share':>11s}  ratios")
+    for name, median_ms, pairs_per_s, ratio_text, share in (row(bench, medians) for bench in benchmarks):
+        rate = f"{pairs_per_s:10.0f}" if pairs_per_s is not None else f"{'':10s}"
+        floor = f"{share:11.2f}" if share is not None else f"{'':11s}"
+        print(f"{name[:50]:50s} {median_ms:10.3f} {rate} {floor}  {ratio_text}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "unknown card")
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)

@@ -10,14 +10,23 @@ last block. The text side's log-sum-exp is kept for the backward.
 Backward, one kernel with the same walk: per block it recomputes A and both softmaxes (the text
 side from the saved log-sum-exp), writes dq_v, dv_v and the prior's per-head gradient for the
 block, and accumulates dk_t and dv_t for the head in registers.
+
+o_v (and in the backward dq_v, dv_v) is written as (B, N, H, d) memory and handed out as its
+(B, H, N, d) view, so the caller's merge of the heads back to (B, N, H*d) is free; q_v and v_v may
+be head-split views of a (B, N, H*d) projection. Forward and backward are PyTorch custom ops
+(sigma_fast::bi_attention, ::bi_attention_backward) with fake implementations, so
+`torch.compile(fullgraph=True)` traces them and CUDA graphs capture them; each runs its kernel where
+`use_triton` says so and its plain PyTorch reference elsewhere.
 """
 import math
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from sigma_fast.kernels._dispatch import dot_config, interpreting
+from sigma_fast.kernels import reference
+from sigma_fast.kernels._dispatch import dot_config, interpreting, use_triton
 
 LOG2E = math.log2(math.e)
 MAX_TEXT_TOKENS = 128  # a head's text keys, values and accumulators live in registers
@@ -79,7 +88,7 @@ def _bi_attention_forward_kernel(
     H, N, T, HEAD_DIM, qk_scale,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kt,
     stride_vvb, stride_vvh, stride_vvn, stride_vtb, stride_vth, stride_vtt,
-    stride_prior_b, stride_mask_b,
+    stride_ovb, stride_ovh, stride_ovn, stride_prior_b, stride_mask_b,
     HAS_PRIOR: tl.constexpr, HAS_MASK: tl.constexpr, DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
     BLOCK_DH: tl.constexpr,
@@ -90,7 +99,7 @@ def _bi_attention_forward_kernel(
         stride_vtt, stride_mask_b, HAS_MASK, DOT_DTYPE, BLOCK_T, BLOCK_DH)
     q_head = q_ptr + b.to(tl.int64) * stride_qb + h * stride_qh
     vv_head = vv_ptr + b.to(tl.int64) * stride_vvb + h * stride_vvh
-    ov_head = ov_ptr + pid.to(tl.int64) * N * HEAD_DIM
+    ov_head = ov_ptr + b.to(tl.int64) * stride_ovb + h * stride_ovh
     text_max = tl.full((BLOCK_T,), float("-inf"), tl.float32)
     text_sum = tl.zeros((BLOCK_T,), tl.float32)
     text_acc = tl.zeros((BLOCK_T, BLOCK_DH), tl.float32)
@@ -103,7 +112,7 @@ def _bi_attention_forward_kernel(
 
         visual_probs = _visual_softmax(logits, text_real)
         o_v = tl.dot(visual_probs.to(DOT_DTYPE), v_t, input_precision=DOT_PRECISION)
-        tl.store(ov_head + n_offs[:, None] * HEAD_DIM + d_offs[None, :], o_v.to(ov_ptr.dtype.element_ty),
+        tl.store(ov_head + n_offs[:, None] * stride_ovn + d_offs[None, :], o_v.to(ov_ptr.dtype.element_ty),
                  mask=row_mask)
 
         text_logits = _text_logits(logits, prior_ptr, b, stride_prior_b, n_offs, n_valid, HAS_PRIOR)
@@ -131,7 +140,7 @@ def _bi_attention_backward_kernel(
     H, N, T, HEAD_DIM, qk_scale, scale,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kt,
     stride_vvb, stride_vvh, stride_vvn, stride_vtb, stride_vth, stride_vtt,
-    stride_prior_b, stride_mask_b,
+    stride_dovb, stride_dovh, stride_dovn, stride_gb, stride_gh, stride_gn, stride_prior_b, stride_mask_b,
     HAS_PRIOR: tl.constexpr, HAS_MASK: tl.constexpr, PRIOR_GRAD: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_DH: tl.constexpr,
@@ -148,7 +157,8 @@ def _bi_attention_backward_kernel(
     lse = tl.load(lse_ptr + pid * T + t_offs, mask=t_valid, other=0.0)
     q_head = q_ptr + b.to(tl.int64) * stride_qb + h * stride_qh
     vv_head = vv_ptr + b.to(tl.int64) * stride_vvb + h * stride_vvh
-    row_head = pid.to(tl.int64) * N * HEAD_DIM  # offset of this head in the contiguous (B, H, N, d) grads
+    dov_head = dov_ptr + b.to(tl.int64) * stride_dovb + h * stride_dovh
+    grad_head = b.to(tl.int64) * stride_gb + h * stride_gh  # this head in the dq_v and dv_v outputs
     dk_acc = tl.zeros((BLOCK_T, BLOCK_DH), tl.float32)
     dvt_acc = tl.zeros((BLOCK_T, BLOCK_DH), tl.float32)
     for n_start in range(0, N, BLOCK_N):
@@ -158,8 +168,9 @@ def _bi_attention_backward_kernel(
         q = tl.load(q_head + n_offs[:, None] * stride_qn + d_offs[None, :], mask=row_mask, other=0.0).to(DOT_DTYPE)
         v_v = tl.load(vv_head + n_offs[:, None] * stride_vvn + d_offs[None, :], mask=row_mask,
                       other=0.0).to(DOT_DTYPE)
-        row_offsets = row_head + n_offs[:, None] * HEAD_DIM + d_offs[None, :]
-        d_ov = tl.load(dov_ptr + row_offsets, mask=row_mask, other=0.0).to(DOT_DTYPE)
+        row_offsets = grad_head + n_offs[:, None] * stride_gn + d_offs[None, :]
+        d_ov = tl.load(dov_head + n_offs[:, None] * stride_dovn + d_offs[None, :], mask=row_mask,
+                       other=0.0).to(DOT_DTYPE)
         logits = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
 
         visual_probs = _visual_softmax(logits, text_real)
@@ -246,11 +257,19 @@ def _check_inputs(q_v, k_t, v_v, v_t, prior_bias, text_mask):
                          f"got {text_mask.dtype} {tuple(text_mask.shape)}")
 
 
+def _heads_last(batch, heads, rows, head_dim, like):
+    """A (B, rows, H, d) tensor and its (B, H, rows, d) view: outputs written so that the heads
+    concatenate back to (B, rows, H*d) for free."""
+    out = torch.empty(batch, rows, heads, head_dim, device=like.device, dtype=like.dtype)
+    return out, out.transpose(1, 2)
+
+
 def _forward(q_v, k_t, v_v, v_t, prior_bias, text_mask, scale):
-    """Launches the forward kernel: o_v, o_t and the text side's log2-sum-exp (B, H, T) fp32."""
+    """Launches the forward kernel: o_v as (B, N, H, d) memory, o_t (B, H, T, d) and the text
+    side's log2-sum-exp (B, H, T) fp32."""
     batch, heads, tokens, head_dim = q_v.shape
     text_len = k_t.shape[2]
-    o_v = torch.empty(batch, heads, tokens, head_dim, device=q_v.device, dtype=q_v.dtype)
+    o_v, o_v_heads = _heads_last(batch, heads, tokens, head_dim, q_v)
     o_t = torch.empty(batch, heads, text_len, head_dim, device=q_v.device, dtype=q_v.dtype)
     lse = torch.empty(batch, heads, text_len, device=q_v.device, dtype=torch.float32)
     block_n, block_t, block_dh, num_warps, num_stages = _config(tokens, text_len, head_dim, q_v.dtype, backward=False)
@@ -262,6 +281,7 @@ def _forward(q_v, k_t, v_v, v_t, prior_bias, text_mask, scale):
         o_v, o_t, lse,
         heads, tokens, text_len, head_dim, scale * LOG2E,
         *_head_strides(q_v), *_head_strides(k_t), *_head_strides(v_v), *_head_strides(v_t),
+        *_head_strides(o_v_heads),
         prior_bias.stride(0) if prior_bias is not None else 0,
         text_mask.stride(0) if text_mask is not None else 0,
         HAS_PRIOR=prior_bias is not None, HAS_MASK=text_mask is not None, DOT_DTYPE=dot_dtype,
@@ -271,62 +291,162 @@ def _forward(q_v, k_t, v_v, v_t, prior_bias, text_mask, scale):
     return o_v, o_t, lse
 
 
-class BiAttentionFunction(torch.autograd.Function):
+def _backward(q_v, k_t, v_v, v_t, prior_bias, text_mask, o_t, lse, grad_o_v, grad_o_t, scale, prior_grad):
+    """Launches the backward kernel: dq_v and dv_v as (B, N, H, d) memory, dk_t, dv_t (B, H, T, d)
+    and, if `prior_grad`, the prior's gradient (B, N)."""
+    batch, heads, tokens, head_dim = q_v.shape
+    text_len = k_t.shape[2]
+    d_q, d_q_heads = _heads_last(batch, heads, tokens, head_dim, q_v)
+    d_vv, d_vv_heads = _heads_last(batch, heads, tokens, head_dim, q_v)
+    d_k = torch.empty(batch, heads, text_len, head_dim, device=q_v.device, dtype=q_v.dtype)
+    d_vt = torch.empty_like(d_k)
+    d_prior_heads = torch.empty(batch, heads, tokens if prior_grad else 0, device=q_v.device, dtype=torch.float32)
+    grad_o_v = _unit_last_stride(grad_o_v)
+    block_n, block_t, block_dh, num_warps, num_stages = _config(tokens, text_len, head_dim, q_v.dtype, backward=True)
+    dot_dtype, dot_precision = dot_config(q_v.dtype)
+    _bi_attention_backward_kernel[(batch * heads,)](
+        q_v, k_t, v_v, v_t,
+        prior_bias if prior_bias is not None else q_v,
+        text_mask if text_mask is not None else q_v,
+        o_t, lse, grad_o_v, grad_o_t.contiguous(),
+        d_q, d_k, d_vv, d_vt, d_prior_heads if prior_grad else d_q,
+        heads, tokens, text_len, head_dim, scale * LOG2E, scale,
+        *_head_strides(q_v), *_head_strides(k_t), *_head_strides(v_v), *_head_strides(v_t),
+        *_head_strides(grad_o_v), *_head_strides(d_q_heads),
+        prior_bias.stride(0) if prior_bias is not None else 0,
+        text_mask.stride(0) if text_mask is not None else 0,
+        HAS_PRIOR=prior_bias is not None, HAS_MASK=text_mask is not None, PRIOR_GRAD=prior_grad,
+        DOT_DTYPE=dot_dtype, DOT_PRECISION=dot_precision, BLOCK_N=block_n, BLOCK_T=block_t,
+        BLOCK_DH=block_dh, num_warps=num_warps, num_stages=num_stages,
+    )
+    return d_q, d_k, d_vv, d_vt, d_prior_heads.sum(1)  # (B, N), or (B, 0) without prior_grad
+
+
+def _logits(q_v, k_t, prior_bias, text_mask, scale):
+    """The reference's fp32 logits: visual side (B, H, N, T), padded text at -inf; text side
+    (B, H, T, N), prior bias added."""
+    logits = torch.einsum("bhnd,bhtd->bhnt", q_v.float(), k_t.float()) * scale
+    visual_logits, text_logits = logits, logits.transpose(-1, -2)
+    if text_mask is not None:
+        visual_logits = logits.masked_fill(~text_mask[:, None, None, :], float("-inf"))
+    if prior_bias is not None:
+        text_logits = text_logits + prior_bias.float()[:, None, None, :]
+    return visual_logits, text_logits
+
+
+def reference_forward(q_v, k_t, v_v, v_t, prior_bias, text_mask, scale):
+    """The op's outputs in plain PyTorch: `reference.bi_attention` with o_v as (B, N, H, d), and
+    the text side's log2-sum-exp (B, H, T) fp32."""
+    o_v, o_t = reference.bi_attention(q_v, k_t, v_v, v_t, prior_bias, text_mask, scale)
+    _, text_logits = _logits(q_v, k_t, prior_bias, text_mask, scale)
+    return o_v.transpose(1, 2).contiguous(), o_t, torch.logsumexp(text_logits, -1) * LOG2E
+
+
+def reference_backward(q_v, k_t, v_v, v_t, prior_bias, text_mask, grad_o_v, grad_o_t, scale):
+    """Gradients of `reference.bi_attention` by hand, in fp32: dq_v, dk_t, dv_v, dv_t (B, H, ., d)
+    and the prior's (B, N)."""
+    q, k, v_v, v_t = (t.float() for t in (q_v, k_t, v_v, v_t))
+    grad_o_v, grad_o_t = grad_o_v.float(), grad_o_t.float()
+    if text_mask is not None:
+        grad_o_t = grad_o_t * text_mask[:, None, :, None]  # padded rows of o_t are constant zeros
+    visual_logits, text_logits = _logits(q_v, k_t, prior_bias, text_mask, scale)
+    visual_probs = torch.softmax(visual_logits, -1)  # (B, H, N, T)
+    text_probs = torch.softmax(text_logits, -1)  # (B, H, T, N)
+    d_vt = visual_probs.transpose(-1, -2) @ grad_o_v
+    d_vv = text_probs.transpose(-1, -2) @ grad_o_t
+    visual_dprobs = grad_o_v @ v_t.transpose(-1, -2)
+    visual_dlogits = visual_probs * (visual_dprobs - (visual_probs * visual_dprobs).sum(-1, keepdim=True))
+    text_dprobs = grad_o_t @ v_v.transpose(-1, -2)
+    text_dlogits = text_probs * (text_dprobs - (text_probs * text_dprobs).sum(-1, keepdim=True))
+    dlogits = visual_dlogits + text_dlogits.transpose(-1, -2)  # (B, H, N, T)
+    return dlogits @ k * scale, dlogits.transpose(-1, -2) @ q * scale, d_vv, d_vt, text_dlogits.sum((1, 2))
+
+
+# The custom ops: Triton where `use_triton` says so (CUDA, or CPU under the interpreter), the
+# reference elsewhere, so that the same graph traces and runs on every device.
+
+@torch.library.custom_op("sigma_fast::bi_attention", mutates_args=())
+def bi_attention_op(q_v: torch.Tensor, k_t: torch.Tensor, v_v: torch.Tensor, v_t: torch.Tensor,
+                    prior_bias: Optional[torch.Tensor], text_mask: Optional[torch.Tensor],
+                    scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """o_v as (B, N, H, d), o_t (B, H, T, d), and the text side's log2-sum-exp (B, H, T) fp32
+    (what the backward needs)."""
+    if not use_triton(q_v.device):
+        return reference_forward(q_v, k_t, v_v, v_t, prior_bias, text_mask, scale)
+    q_v, k_t, v_v, v_t = (_unit_last_stride(t) for t in (q_v, k_t, v_v, v_t))
+    return _forward(q_v, k_t, v_v, v_t, _kernel_prior(prior_bias), _kernel_mask(text_mask), scale)
+
+
+@bi_attention_op.register_fake
+def _bi_attention_fake(q_v, k_t, v_v, v_t, prior_bias, text_mask, scale):
+    batch, heads, tokens, head_dim = q_v.shape
+    return (q_v.new_empty(batch, tokens, heads, head_dim), k_t.new_empty(k_t.shape, dtype=q_v.dtype),
+            q_v.new_empty(batch, heads, k_t.shape[2], dtype=torch.float32))
+
+
+@torch.library.custom_op("sigma_fast::bi_attention_backward", mutates_args=())
+def bi_attention_backward_op(q_v: torch.Tensor, k_t: torch.Tensor, v_v: torch.Tensor, v_t: torch.Tensor,
+                             prior_bias: Optional[torch.Tensor], text_mask: Optional[torch.Tensor],
+                             o_t: torch.Tensor, lse: torch.Tensor, grad_o_v: torch.Tensor, grad_o_t: torch.Tensor,
+                             scale: float, prior_grad: bool
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients from grad_o_v (B, N, H, d) and grad_o_t (B, H, T, d): dq_v and dv_v as (B, N, H, d),
+    dk_t and dv_t (B, H, T, d) in the inputs' dtype, and the prior's (B, N) fp32 ((B, 0) unless
+    `prior_grad`)."""
+    if use_triton(q_v.device):
+        q_v, k_t, v_v, v_t = (_unit_last_stride(t) for t in (q_v, k_t, v_v, v_t))
+        return _backward(q_v, k_t, v_v, v_t, _kernel_prior(prior_bias), _kernel_mask(text_mask), o_t, lse,
+                         grad_o_v.transpose(1, 2), grad_o_t, scale, prior_grad)
+    d_q, d_k, d_vv, d_vt, d_prior = reference_backward(q_v, k_t, v_v, v_t, prior_bias, text_mask,
+                                                       grad_o_v.transpose(1, 2), grad_o_t, scale)
+    heads_last = lambda t: t.transpose(1, 2).contiguous().to(q_v.dtype)  # noqa: E731
+    return (heads_last(d_q), d_k.to(q_v.dtype), heads_last(d_vv), d_vt.to(q_v.dtype),
+            d_prior if prior_grad else d_prior[:, :0].contiguous())
+
+
+@bi_attention_backward_op.register_fake
+def _bi_attention_backward_fake(q_v, k_t, v_v, v_t, prior_bias, text_mask, o_t, lse, grad_o_v, grad_o_t, scale,
+                                prior_grad):
+    batch, heads, tokens, head_dim = q_v.shape
+    return (q_v.new_empty(batch, tokens, heads, head_dim), q_v.new_empty(k_t.shape),
+            q_v.new_empty(batch, tokens, heads, head_dim), q_v.new_empty(k_t.shape),
+            q_v.new_empty(batch, tokens if prior_grad else 0, dtype=torch.float32))
+
+
+def _bi_attention_setup_context(ctx, inputs, output):
+    q_v, k_t, v_v, v_t, prior_bias, text_mask, scale = inputs
+    ctx.scale = scale
+    ctx.save_for_backward(q_v, k_t, v_v, v_t, prior_bias, text_mask, output[1], output[2])
+
+
+def _bi_attention_backward(ctx, grad_o_v, grad_o_t, _grad_lse):
     """Differentiable in q_v, k_t, v_v, v_t and prior_bias."""
+    q_v, k_t, v_v, v_t, prior_bias, text_mask, o_t, lse = ctx.saved_tensors
+    prior_grad = prior_bias is not None and ctx.needs_input_grad[4]
+    d_q, d_k, d_vv, d_vt, d_prior = bi_attention_backward_op(
+        q_v, k_t, v_v, v_t, prior_bias, text_mask, o_t, lse, grad_o_v, grad_o_t, ctx.scale, prior_grad)
+    d_prior = d_prior.to(prior_bias.dtype) if prior_grad else None
+    return d_q.transpose(1, 2), d_k, d_vv.transpose(1, 2), d_vt, d_prior, None, None
 
-    @staticmethod
-    def forward(ctx, q_v, k_t, v_v, v_t, prior_bias, text_mask, scale):
-        o_v, o_t, lse = _forward(q_v, k_t, v_v, v_t, prior_bias, text_mask, scale)
-        ctx.scale = scale
-        ctx.save_for_backward(q_v, k_t, v_v, v_t, prior_bias, text_mask, o_t, lse)
-        return o_v, o_t
 
-    @staticmethod
-    def backward(ctx, grad_o_v, grad_o_t):
-        q_v, k_t, v_v, v_t, prior_bias, text_mask, o_t, lse = ctx.saved_tensors
-        batch, heads, tokens, head_dim = q_v.shape
-        text_len = k_t.shape[2]
-        prior_grad = prior_bias is not None and ctx.needs_input_grad[4]
-        d_q = torch.empty(batch, heads, tokens, head_dim, device=q_v.device, dtype=q_v.dtype)
-        d_vv = torch.empty_like(d_q)
-        d_k = torch.empty(batch, heads, text_len, head_dim, device=q_v.device, dtype=q_v.dtype)
-        d_vt = torch.empty_like(d_k)
-        d_prior_heads = torch.empty(batch, heads, tokens if prior_grad else 0, device=q_v.device,
-                                    dtype=torch.float32)
-        block_n, block_t, block_dh, num_warps, num_stages = _config(tokens, text_len, head_dim, q_v.dtype,
-                                                                    backward=True)
-        dot_dtype, dot_precision = dot_config(q_v.dtype)
-        _bi_attention_backward_kernel[(batch * heads,)](
-            q_v, k_t, v_v, v_t,
-            prior_bias if prior_bias is not None else q_v,
-            text_mask if text_mask is not None else q_v,
-            o_t, lse, grad_o_v.contiguous(), grad_o_t.contiguous(),
-            d_q, d_k, d_vv, d_vt, d_prior_heads if prior_grad else d_q,
-            heads, tokens, text_len, head_dim, ctx.scale * LOG2E, ctx.scale,
-            *_head_strides(q_v), *_head_strides(k_t), *_head_strides(v_v), *_head_strides(v_t),
-            prior_bias.stride(0) if prior_bias is not None else 0,
-            text_mask.stride(0) if text_mask is not None else 0,
-            HAS_PRIOR=prior_bias is not None, HAS_MASK=text_mask is not None, PRIOR_GRAD=prior_grad,
-            DOT_DTYPE=dot_dtype, DOT_PRECISION=dot_precision, BLOCK_N=block_n, BLOCK_T=block_t,
-            BLOCK_DH=block_dh, num_warps=num_warps, num_stages=num_stages,
-        )
-        d_prior = d_prior_heads.sum(1).to(prior_bias.dtype) if prior_grad else None
-        return d_q, d_k, d_vv, d_vt, d_prior, None, None
+bi_attention_op.register_autograd(_bi_attention_backward, setup_context=_bi_attention_setup_context)
+
+
+def _kernel_prior(prior_bias):
+    return _unit_last_stride(prior_bias) if prior_bias is not None else None
+
+
+def _kernel_mask(text_mask):
+    # Triton loads int8 more portably than bool; the mask is tiny.
+    return text_mask.to(torch.int8).contiguous() if text_mask is not None else None
 
 
 def fused_bi_attention(q_v, k_t, v_v, v_t, prior_bias=None, text_mask=None, scale=None):
-    """The Triton version of `reference.bi_attention` (same arguments and result)."""
+    """`reference.bi_attention` (same arguments and result) as the op sigma_fast::bi_attention,
+    differentiable in q_v, k_t, v_v, v_t and prior_bias. o_v is a (B, H, N, d) view of (B, N, H, d)
+    memory, so `o_v.transpose(1, 2).flatten(2)` costs no copy."""
     _check_inputs(q_v, k_t, v_v, v_t, prior_bias, text_mask)
     if scale is None:
         scale = q_v.shape[-1] ** -0.5
-    q_v, k_t, v_v, v_t = (_unit_last_stride(t) for t in (q_v, k_t, v_v, v_t))
-    if prior_bias is not None:
-        prior_bias = _unit_last_stride(prior_bias)
-    if text_mask is not None:
-        # Triton loads int8 more portably than bool; the mask is tiny.
-        text_mask = text_mask.to(torch.int8).contiguous()
-    inputs = (q_v, k_t, v_v, v_t, prior_bias)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
-        return BiAttentionFunction.apply(q_v, k_t, v_v, v_t, prior_bias, text_mask, float(scale))
-    o_v, o_t, _ = _forward(q_v, k_t, v_v, v_t, prior_bias, text_mask, float(scale))
-    return o_v, o_t
+    o_v, o_t, _ = bi_attention_op(q_v, k_t, v_v, v_t, prior_bias, text_mask, float(scale))
+    return o_v.transpose(1, 2), o_t

@@ -11,16 +11,25 @@ difference tensor never reaches memory and DRAM sees each tap about once.
 Backward (training): the per-token moments and 1-cos saved by the forward (5 floats per token and
 tap) let a second kernel rebuild d tile by tile and compute grad_weight = d^T grad_out, split over
 tokens for parallelism. Grads of bias, noise_mean and noise_std follow from grad_out's column sums
-and grad_weight without touching d again (see `FeatureDiffFunction.backward`).
+and grad_weight without touching d again (see `_feature_diff_backward`).
 
 `feature_diff_stats` is one fused reduction: per block of tokens, the channel means and centred
 sums of squares of d, combined across blocks with Chan's formula on the host.
+
+All three are PyTorch custom ops (sigma_fast::feature_diff, ::feature_diff_weight_grad,
+::feature_diff_stats) with fake implementations, so `torch.compile(fullgraph=True)` traces them and
+CUDA graphs capture them; each runs its kernel where `use_triton` says so and its plain PyTorch
+reference elsewhere.
 """
+from typing import Optional
+
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from sigma_fast.kernels._dispatch import dot_config, interpreting
+from sigma_fast.kernels import reference
+from sigma_fast.kernels._dispatch import dot_config, interpreting, use_triton
 from sigma_fast.kernels.reference import LN_EPS
 
 COS_EPS = 1e-8  # torch.nn.functional.cosine_similarity's default, as the reference uses
@@ -388,65 +397,8 @@ def _weight_grad(f_orig, f_edit, stats, noise_mean, noise_std, grad_out):
     return grad_weight
 
 
-class FeatureDiffFunction(torch.autograd.Function):
-    """Differentiable in the projection and the calibration inputs; the taps are frozen features."""
-
-    @staticmethod
-    def forward(ctx, weight, bias, noise_mean, noise_std, num_taps, *taps):
-        f_orig, f_edit = taps[:num_taps], taps[num_taps:]
-        out, stats = _forward(f_orig, f_edit, weight, bias, noise_mean, noise_std, save_stats=True)
-        ctx.num_taps = num_taps
-        ctx.param_dtypes = tuple(t.dtype if t is not None else None for t in (weight, bias, noise_mean, noise_std))
-        ctx.save_for_backward(weight, noise_mean, noise_std, stats, *taps)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        weight, noise_mean, noise_std, stats, *taps = ctx.saved_tensors
-        f_orig, f_edit = taps[:ctx.num_taps], taps[ctx.num_taps:]
-        needs_weight, needs_bias, needs_mean, needs_std = ctx.needs_input_grad[:4]
-        noise_mean32 = noise_mean.float() if noise_mean is not None else None
-        noise_std32 = noise_std.float() if noise_std is not None else None
-        weight32 = weight.float()
-        grad_sum = grad_out.float().sum(dim=(0, 1))  # (D,): sum over tokens of grad_out
-        grad_weight = grad_bias = grad_mean = grad_std = None
-        full_grad_weight = None
-        if needs_weight or needs_std:
-            full_grad_weight = _weight_grad(f_orig, f_edit, stats, noise_mean32, noise_std32, grad_out)
-        if needs_weight:
-            grad_weight = full_grad_weight
-        if needs_bias:
-            grad_bias = grad_sum
-        # out = sum_k (d_k - mean_k) / std_k * W_k + ..., so d out / d mean_k = -W_k / std_k and
-        # d out / d std_k = -d_w,k W_k / std_k; summed against grad_out these are column sums.
-        inv_std = 1.0 / noise_std32 if noise_std32 is not None else None
-        if needs_mean:
-            grad_mean = -(weight32 @ grad_sum)
-            if inv_std is not None:
-                grad_mean = grad_mean * inv_std
-        if needs_std:
-            grad_std = -(weight32 * full_grad_weight).sum(-1) * inv_std
-        grads = (grad_weight, grad_bias, grad_mean, grad_std)
-        grads = tuple(g.to(dtype) if g is not None else None for g, dtype in zip(grads, ctx.param_dtypes))
-        return (*grads, None, *([None] * len(taps)))
-
-
-def fused_feature_diff(f_orig, f_edit, weight, bias=None, noise_mean=None, noise_std=None):
-    """The Triton version of `reference.feature_diff` (same arguments and result)."""
-    f_orig, f_edit = tuple(f_orig), tuple(f_edit)
-    _check_taps("feature_diff", f_orig, f_edit)
-    _check_params(len(f_orig), f_orig[0].shape[2], weight, bias, noise_mean, noise_std)
-    params = (weight, bias, noise_mean, noise_std)
-    if torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params):
-        return FeatureDiffFunction.apply(weight, bias, noise_mean, noise_std, len(f_orig), *f_orig, *f_edit)
-    out, _ = _forward(f_orig, f_edit, weight, bias, noise_mean, noise_std, save_stats=False)
-    return out
-
-
-def fused_feature_diff_stats(f_orig, f_edit):
-    """The Triton version of `reference.feature_diff_stats`: (mean, std) of d, (L, 2C+1) each, fp32."""
-    f_orig, f_edit = tuple(f_orig), tuple(f_edit)
-    _check_taps("feature_diff_stats", f_orig, f_edit)
+def _stats(f_orig, f_edit):
+    """Launches the stats kernel: (mean, std) of d, (L, 2C+1) each, fp32."""
     f_orig, (stride_xb, stride_xn) = _token_strides(f_orig)
     f_edit, (stride_yb, stride_yn) = _token_strides(f_edit)
     batch, tokens, channels = f_orig[0].shape
@@ -469,3 +421,154 @@ def fused_feature_diff_stats(f_orig, f_edit):
     mean = (block_mean * counts).sum(1) / rows
     m2 = block_m2.sum(1) + (counts * (block_mean - mean[:, None]) ** 2).sum(1)
     return mean, torch.sqrt(m2 / rows)
+
+
+def reference_token_stats(f_orig, f_edit):
+    """The forward's saved token stats in plain PyTorch: (L, 5, B*N) fp32, rows as NUM_STATS says."""
+    rows = []
+    for x, y in zip(f_orig, f_edit):
+        x, y = x.float().flatten(0, 1), y.float().flatten(0, 1)
+        var_x, mean_x = torch.var_mean(x, dim=-1, correction=0)
+        var_y, mean_y = torch.var_mean(y, dim=-1, correction=0)
+        o = F.layer_norm(x, (x.shape[-1],), eps=LN_EPS)
+        e = F.layer_norm(y, (y.shape[-1],), eps=LN_EPS)
+        one_minus_cos = 1.0 - F.cosine_similarity(o, e, dim=-1, eps=COS_EPS)
+        rows.append(torch.stack([mean_x, torch.rsqrt(var_x + LN_EPS), mean_y, torch.rsqrt(var_y + LN_EPS),
+                                 one_minus_cos]))
+    return torch.stack(rows)
+
+
+def reference_weight_grad(f_orig, f_edit, noise_mean, noise_std, grad_out):
+    """grad of the projection weight in plain PyTorch, (L, 2C+1, D) fp32: whitened d^T grad_out."""
+    grad_rows = grad_out.flatten(0, 1).float()
+    grads = []
+    for level, (o, e) in enumerate(zip(f_orig, f_edit)):
+        d = reference._difference_features(o, e).flatten(0, 1)
+        if noise_mean is not None:
+            d = d - noise_mean[level].float()
+        if noise_std is not None:
+            d = d / noise_std[level].float()
+        grads.append(d.T @ grad_rows)
+    return torch.stack(grads)
+
+
+# The custom ops: Triton where `use_triton` says so (CUDA, or CPU under the interpreter), the
+# references elsewhere, so that the same graph traces and runs on every device.
+
+@torch.library.custom_op("sigma_fast::feature_diff", mutates_args=())
+def feature_diff_op(f_orig: list[torch.Tensor], f_edit: list[torch.Tensor], weight: torch.Tensor,
+                    bias: Optional[torch.Tensor], noise_mean: Optional[torch.Tensor],
+                    noise_std: Optional[torch.Tensor], save_stats: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N, D) output and the (L, 5, B*N) fp32 token stats the backward needs ((L, 5, 0) unless
+    `save_stats`)."""
+    stats = None
+    if use_triton(weight.device):
+        out, stats = _forward(f_orig, f_edit, weight, bias, noise_mean, noise_std, save_stats)
+    else:
+        out = reference.feature_diff(f_orig, f_edit, weight, bias, noise_mean, noise_std)
+        if save_stats:
+            stats = reference_token_stats(f_orig, f_edit)
+    if stats is None:
+        stats = out.new_empty(len(f_orig), NUM_STATS, 0, dtype=torch.float32)
+    return out, stats
+
+
+@feature_diff_op.register_fake
+def _feature_diff_fake(f_orig, f_edit, weight, bias, noise_mean, noise_std, save_stats):
+    batch, tokens, _ = f_orig[0].shape
+    out = f_orig[0].new_empty(batch, tokens, weight.shape[2])
+    stats = out.new_empty(len(f_orig), NUM_STATS, batch * tokens if save_stats else 0, dtype=torch.float32)
+    return out, stats
+
+
+@torch.library.custom_op("sigma_fast::feature_diff_weight_grad", mutates_args=())
+def feature_diff_weight_grad_op(f_orig: list[torch.Tensor], f_edit: list[torch.Tensor], stats: torch.Tensor,
+                                noise_mean: Optional[torch.Tensor], noise_std: Optional[torch.Tensor],
+                                grad_out: torch.Tensor) -> torch.Tensor:
+    """grad of feature_diff's weight, (L, 2C+1, D) fp32, from the forward's token stats."""
+    if not use_triton(grad_out.device):
+        return reference_weight_grad(f_orig, f_edit, noise_mean, noise_std, grad_out)
+    batch, tokens, _ = f_orig[0].shape
+    if stats.shape[-1] != batch * tokens:
+        raise ValueError("feature_diff: the backward needs the token stats of a forward run with save_stats=True")
+    return _weight_grad(f_orig, f_edit, stats, noise_mean, noise_std, grad_out)
+
+
+@feature_diff_weight_grad_op.register_fake
+def _feature_diff_weight_grad_fake(f_orig, f_edit, stats, noise_mean, noise_std, grad_out):
+    return grad_out.new_empty(len(f_orig), 2 * f_orig[0].shape[2] + 1, grad_out.shape[-1], dtype=torch.float32)
+
+
+def _feature_diff_setup_context(ctx, inputs, output):
+    f_orig, f_edit, weight, bias, noise_mean, noise_std, _ = inputs
+    ctx.num_taps = len(f_orig)
+    ctx.param_dtypes = tuple(t.dtype if t is not None else None for t in (weight, bias, noise_mean, noise_std))
+    ctx.save_for_backward(weight, noise_mean, noise_std, output[1], *f_orig, *f_edit)
+
+
+def _feature_diff_backward(ctx, grad_out, _grad_stats):
+    """Differentiable in the projection and the calibration inputs; the taps are frozen features."""
+    weight, noise_mean, noise_std, stats, *taps = ctx.saved_tensors
+    f_orig, f_edit = taps[:ctx.num_taps], taps[ctx.num_taps:]
+    needs_weight, needs_bias, needs_mean, needs_std = ctx.needs_input_grad[2:6]
+    noise_mean32 = noise_mean.float() if noise_mean is not None else None
+    noise_std32 = noise_std.float() if noise_std is not None else None
+    weight32 = weight.float()
+    grad_sum = grad_out.float().sum(dim=(0, 1))  # (D,): sum over tokens of grad_out
+    grad_weight = grad_bias = grad_mean = grad_std = None
+    full_grad_weight = None
+    if needs_weight or needs_std:
+        full_grad_weight = feature_diff_weight_grad_op(f_orig, f_edit, stats, noise_mean32, noise_std32, grad_out)
+    if needs_weight:
+        grad_weight = full_grad_weight
+    if needs_bias:
+        grad_bias = grad_sum
+    # out = sum_k (d_k - mean_k) / std_k * W_k + ..., so d out / d mean_k = -W_k / std_k and
+    # d out / d std_k = -d_w,k W_k / std_k; summed against grad_out these are column sums.
+    inv_std = 1.0 / noise_std32 if noise_std32 is not None else None
+    if needs_mean:
+        grad_mean = -(weight32 @ grad_sum)
+        if inv_std is not None:
+            grad_mean = grad_mean * inv_std
+    if needs_std:
+        grad_std = -(weight32 * full_grad_weight).sum(-1) * inv_std
+    grads = (grad_weight, grad_bias, grad_mean, grad_std)
+    grads = tuple(g.to(dtype) if g is not None else None for g, dtype in zip(grads, ctx.param_dtypes))
+    return [None] * len(f_orig), [None] * len(f_edit), *grads, None
+
+
+feature_diff_op.register_autograd(_feature_diff_backward, setup_context=_feature_diff_setup_context)
+
+
+@torch.library.custom_op("sigma_fast::feature_diff_stats", mutates_args=())
+def feature_diff_stats_op(f_orig: list[torch.Tensor], f_edit: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tap channel (mean, std) of d, (L, 2C+1) each, fp32."""
+    if use_triton(f_orig[0].device):
+        return _stats(f_orig, f_edit)
+    return reference.feature_diff_stats(f_orig, f_edit)
+
+
+@feature_diff_stats_op.register_fake
+def _feature_diff_stats_fake(f_orig, f_edit):
+    shape = (len(f_orig), 2 * f_orig[0].shape[2] + 1)
+    return f_orig[0].new_empty(shape, dtype=torch.float32), f_orig[0].new_empty(shape, dtype=torch.float32)
+
+
+def fused_feature_diff(f_orig, f_edit, weight, bias=None, noise_mean=None, noise_std=None):
+    """`reference.feature_diff` (same arguments and result) as the op sigma_fast::feature_diff,
+    differentiable in weight, bias, noise_mean and noise_std."""
+    f_orig, f_edit = list(f_orig), list(f_edit)
+    _check_taps("feature_diff", f_orig, f_edit)
+    _check_params(len(f_orig), f_orig[0].shape[2], weight, bias, noise_mean, noise_std)
+    params = (weight, bias, noise_mean, noise_std)
+    save_stats = torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params)
+    out, _ = feature_diff_op(f_orig, f_edit, weight, bias, noise_mean, noise_std, save_stats)
+    return out
+
+
+def fused_feature_diff_stats(f_orig, f_edit):
+    """`reference.feature_diff_stats` as the op sigma_fast::feature_diff_stats: (mean, std) of d,
+    (L, 2C+1) each, fp32."""
+    f_orig, f_edit = list(f_orig), list(f_edit)
+    _check_taps("feature_diff_stats", f_orig, f_edit)
+    return feature_diff_stats_op(f_orig, f_edit)

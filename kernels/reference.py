@@ -79,3 +79,67 @@ def bi_attention(q_v, k_t, v_v, v_t, prior_bias=None, text_mask=None, scale=None
     if text_mask is not None:
         o_t = o_t * text_mask[:, None, :, None].to(o_t.dtype)
     return o_v.to(q_v.dtype), o_t.to(q_v.dtype)
+
+
+def linear_gelu(a, weight, bias=None):
+    """Exact (erf) GELU of a @ weight.T + bias in fp32: a (..., K), weight (N, K), bias (N,)
+    -> (..., N) in a's dtype."""
+    out = F.linear(a.float(), weight.float(), bias.float() if bias is not None else None)
+    return F.gelu(out).to(a.dtype)
+
+
+def linear_residual(a, weight, bias, gamma, residual):
+    """residual + gamma * (a @ weight.T + bias) in fp32: a (..., K), weight (N, K), bias and gamma
+    (N,) or None, residual (..., N) -> (..., N) in residual's dtype."""
+    out = F.linear(a.float(), weight.float(), bias.float() if bias is not None else None)
+    if gamma is not None:
+        out = out * gamma.float()
+    return (residual.float() + out).to(residual.dtype)
+
+
+E4M3_MAX = 448.0  # largest finite float8_e4m3fn value
+
+
+def _quantize_e4m3_rows(values):
+    """fp32 (..., K) -> (e4m3 (..., K), scale (M, 1) fp32): per-row absmax scaling, values ~= q * scale."""
+    rows = values.reshape(-1, values.shape[-1])
+    absmax = rows.abs().amax(-1, keepdim=True).clamp_min(1e-12)
+    # Multiplying by 448 / absmax (not dividing by the scale) is what the kernels do too.
+    scaled = (rows * (E4M3_MAX / absmax)).clamp(-E4M3_MAX, E4M3_MAX)
+    return scaled.to(torch.float8_e4m3fn).reshape(values.shape), absmax / E4M3_MAX
+
+
+def _residual_layer_norm_fp32(x, y, gamma, weight, bias, eps):
+    # x_out in x's dtype (x itself without y) and its LayerNorm in fp32
+    if y is not None:
+        update = y.float() if gamma is None else y.float() * gamma.float()
+        x = (x.float() + update).to(x.dtype)
+    return x, F.layer_norm(x.float(), (x.shape[-1],), weight.float(), bias.float(), eps)
+
+
+def residual_layer_norm(x, y, gamma, weight, bias, eps):
+    """A block boundary: x_out = x + gamma * y (fp32, stored in x's dtype; x itself if y is None,
+    gamma None means 1), h = LayerNorm(x_out) over C in fp32 from the rounded x_out, in x's dtype.
+
+    x, y (..., C); gamma, weight, bias (C,). Returns (x_out, h)."""
+    x_out, h = _residual_layer_norm_fp32(x, y, gamma, weight, bias, eps)
+    return x_out, h.to(x.dtype)
+
+
+def residual_layer_norm_fp8(x, y, gamma, weight, bias, eps):
+    """`residual_layer_norm` with h quantised per row from fp32 to float8_e4m3fn.
+
+    Returns (x_out, h_fp8 (..., C), h_scale (M, 1) fp32) over the M flattened rows:
+    h_scale = max(absmax(h_row), 1e-12) / 448, h_fp8 = h * (448 / that absmax) rounded to nearest
+    even and saturated to +-448, so h ~= h_fp8 * h_scale."""
+    x_out, h = _residual_layer_norm_fp32(x, y, gamma, weight, bias, eps)
+    return (x_out, *_quantize_e4m3_rows(h))
+
+
+def quantize_fp8_rows(x, apply_gelu=False):
+    """Per-row e4m3 quantisation of x (..., K), after an exact (erf) GELU in fp32 if asked; the
+    scale rule of `residual_layer_norm_fp8`. Returns (x_fp8 (..., K), scale (M, 1) fp32)."""
+    values = x.float()
+    if apply_gelu:
+        values = F.gelu(values)
+    return _quantize_e4m3_rows(values)

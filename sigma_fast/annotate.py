@@ -1,6 +1,8 @@
 """The annotation API: `Annotator` and the module-level `annotate_batch`."""
+import contextlib
 import functools
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -10,12 +12,16 @@ import torch
 from sigma_fast import ops
 from sigma_fast.grounding import EditTuple, parse_instruction
 from sigma_fast.io.images import ImageLoadError, load_image
+from sigma_fast.kernels._dispatch import interpreting
+from sigma_fast.model.graphs import GraphCache
 
 CHECKPOINT_ENV = "SIGMA_FAST_CHECKPOINT"
 EMBEDDED_CHECKPOINT = os.path.join(os.path.dirname(__file__), "assets", "demo_model")
 PRIOR_MODES = ("none", "grounded")
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
+FP8 = "fp8"  # the model in bf16, the backbone's GEMMs in FP8
+PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 @dataclass
@@ -55,47 +61,72 @@ def resolve_device(device):
 
 
 def resolve_dtype(dtype, device):
+    """The torch dtype the model runs in; "fp8" runs it in bf16 (see `resolve_precision`)."""
+    return resolve_precision(dtype, device)[0]
+
+
+def resolve_precision(dtype, device):
+    """-> (torch dtype of the model, precision name for reports: "fp32", "bf16", "fp16" or "fp8")."""
     if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, str):
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    elif isinstance(dtype, str):
+        if dtype == FP8:
+            return torch.bfloat16, FP8
         if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
-        return DTYPES[dtype]
-    if dtype not in DTYPES.values():
-        raise ValueError(f"unsupported dtype {dtype}; use float32, bfloat16 or float16")
-    return dtype
+            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted([*DTYPES, FP8])}")
+        dtype = DTYPES[dtype]
+    elif dtype not in PRECISION_NAMES:
+        raise ValueError(f"unsupported dtype {dtype}; use float32, bfloat16, float16 or \"fp8\"")
+    return dtype, PRECISION_NAMES[dtype]
 
 
 class Annotator:
     """Annotates (original, edited, instruction) triples with masks of what the edit changed.
 
-    Pairs are processed in chunks of `batch_size` under `torch.inference_mode`. `prior="none"`
-    gives the model a flat prior; `prior="grounded"` grounds the parsed concepts with a `Grounder`
-    (Grounding DINO + SAM 2; `grounder=None` loads the default one on first use).
+    Pairs are processed in chunks of exactly `batch_size` (a short chunk is padded by repeating
+    its last pair, and the padding is dropped), so a pair's result never depends on which pairs
+    share its batch, under `torch.inference_mode`. On CUDA with `cuda_graphs` (the default) the
+    model's forward is replayed from a CUDA graph captured per input shape; text encoding,
+    grounding, pre- and post-processing run outside it. `dtype="fp8"` runs the model in bf16 with
+    the backbone's GEMMs in FP8 (`self.dtype` is then bf16, `self.precision` "fp8").
+    `prior="none"` gives the model a flat prior; `prior="grounded"` grounds the parsed concepts
+    with a `Grounder` (Grounding DINO + SAM 2; `grounder=None` loads the default one on first use).
+
+    Safe to call from several threads at once: the parser and text encoder (HF tokenizers are not
+    re-entrant), the grounder and Triton's CPU interpreter are entered by one thread at a time,
+    and each call replays a graph of its own.
     """
 
     def __init__(self, model, device=None, dtype=None, batch_size=16, threshold=None, parser=parse_instruction,
-                 prior="none", grounder=None):
+                 prior="none", grounder=None, cuda_graphs=True):
         if prior not in PRIOR_MODES:
             raise ValueError(f"prior must be one of {PRIOR_MODES}, got {prior!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.dtype, self.precision = resolve_precision(dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        if self.precision == FP8:
+            self.model.backbone.quantize_fp8()
         self.batch_size = batch_size
         self.threshold = model.config.threshold if threshold is None else threshold
         self.parser = parser
         self.prior_mode = prior
+        self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
+        self._forward = GraphCache(self.model, self.device, self.dtype) if self.cuda_graphs else self.model
         self._grounder = grounder
+        self._text_lock = threading.Lock()
+        self._grounding_lock = threading.RLock()
+        self._interpreter_lock = threading.Lock()
 
     @property
     def grounder(self):
-        if self._grounder is None:
-            from sigma_fast.grounding import Grounder
+        with self._grounding_lock:  # loaded once even when several threads ask at once
+            if self._grounder is None:
+                from sigma_fast.grounding import Grounder
 
-            self._grounder = Grounder.from_pretrained(device=self.device)
-        return self._grounder
+                self._grounder = Grounder.from_pretrained(device=self.device)
+            return self._grounder
 
     @classmethod
     def from_pretrained(cls, path_or_id=None, device=None, dtype=None, **kwargs):
@@ -128,23 +159,37 @@ class Annotator:
     @torch.inference_mode()
     def _annotate_chunk(self, originals, editeds, instructions, threshold):
         threshold = self.threshold if threshold is None else threshold
-        edits = [self.parser(text) for text in instructions]
-        x_orig, x_edit = ops.preprocess_pairs([x.to(self.device) for x in originals],
-                                              [x.to(self.device) for x in editeds],
+        count, padding = len(originals), self.batch_size - len(originals)
+        with self._text_lock:
+            edits = [self.parser(text) for text in instructions]
+            tokens, text_mask = self.model.encode_text(pad(instructions, padding), pad(edits, padding))
+        x_orig, x_edit = ops.preprocess_pairs([x.to(self.device) for x in pad(originals, padding)],
+                                              [x.to(self.device) for x in pad(editeds, padding)],
                                               size=self.image_size, dtype=self.dtype)
-        tokens, text_mask = self.model.encode_text(list(instructions), edits)
-        prior, flat, boxes = None, [True] * len(edits), [[] for _ in edits]
+        prior, flat, boxes = None, [True] * count, [[] for _ in edits]
         if self.prior_mode == "grounded":
-            grounding = self.grounder.priors(originals, editeds, edits, self.model.grid)
-            prior, flat, boxes = grounding.prior.to(self.device), grounding.flat.tolist(), grounding.boxes
-        logits = self.model(x_orig, x_edit, tokens, text_mask, prior)
+            with self._grounding_lock:
+                grounding = self.grounder.priors(originals, editeds, edits, self.model.grid)
+            prior, flat, boxes = grounding.prior, grounding.flat.tolist(), grounding.boxes
+            prior = torch.cat([prior, prior[-1:].expand(padding, *prior.shape[1:])]).to(self.device)
+        with self._interpreter_lock if self._interpreted() else contextlib.nullcontext():
+            logits = self._forward(x_orig, x_edit, tokens, text_mask, prior)[:count]
         sizes = [tuple(x.shape[:2]) for x in editeds]
         masks, scores, probs = ops.postprocess_masks(logits, sizes, threshold=threshold, return_probs=True)
-        priors = [None] * len(edits) if prior is None else list(prior.float().cpu().numpy())
+        priors = [None] * count if prior is None else list(prior[:count].float().cpu().numpy())
         return [Annotation(mask.cpu().numpy(), prob.float().cpu().numpy(), float(score), edit, pair_prior, is_flat,
                            pair_boxes)
                 for mask, prob, score, edit, pair_prior, is_flat, pair_boxes
                 in zip(masks, probs, scores.tolist(), edits, priors, flat, boxes)]
+
+    def _interpreted(self):
+        # Triton's CPU interpreter keeps global state (patched `tl`, the grid index): not re-entrant.
+        return self.device.type == "cpu" and interpreting()
+
+
+def pad(items, count):
+    """`items` with its last element repeated `count` more times."""
+    return list(items) + [items[-1]] * count
 
 
 def check_batch(originals, editeds, instructions):

@@ -9,9 +9,13 @@ def add_model_options(parser):
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint folder or hub id (default: $SIGMA_FAST_CHECKPOINT, else the embedded demo model)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"],
-                        help="compute dtype (default: bf16 on the GPU, fp32 on the CPU)")
-    parser.add_argument("--batch-size", type=int, default=16, help="pairs per model call (default 16)")
+    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16", "fp8"],
+                        help="compute dtype (default: bf16 on the GPU, fp32 on the CPU); fp8: bf16 with the "
+                             "backbone's GEMMs in FP8 (GPUs of compute capability 8.9+)")
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="pairs per model call; a last partial batch is padded to it (default 16)")
+    parser.add_argument("--no-cuda-graphs", action="store_true",
+                        help="run the model eagerly instead of replaying a captured CUDA graph per batch")
     parser.add_argument("--threshold", type=float, default=None, help="mask threshold (default: the checkpoint's, 0.5)")
     parser.add_argument("--prior", default="none", choices=["none", "grounded"],
                         help="spatial prior: flat, or grounded with Grounding DINO + SAM 2 (default none)")
@@ -40,7 +44,7 @@ def load_annotator(args):
                                             device=resolve_device(args.device), cache_dir=args.grounding_cache)
     return Annotator.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype,
                                      batch_size=args.batch_size, threshold=args.threshold, prior=args.prior,
-                                     grounder=grounder)
+                                     grounder=grounder, cuda_graphs=not args.no_cuda_graphs)
 
 
 def command_annotate(args):

@@ -107,3 +107,114 @@ def test_cuda_request_without_gpu_is_clear(annotator):
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match="no GPU"):
         Annotator(annotator.model, device="cuda")
+
+
+def more_pairs(count, seed):
+    originals = [random_image(30 + 3 * i, 40, seed + i) for i in range(count)]
+    editeds = [random_image(30 + 3 * i, 40, seed + 100 + i) for i in range(count)]
+    actions = ["add a red hat to the man", "remove the dog", "make it look like winter", "replace the cat with a dog"]
+    return originals, editeds, [actions[(seed + i) % len(actions)] for i in range(count)]
+
+
+def test_a_pair_does_not_depend_on_its_batch_mates(tiny_checkpoint):
+    annotator = Annotator.from_pretrained(tiny_checkpoint, device="cpu", batch_size=4)
+    originals, editeds, instructions = more_pairs(4, seed=20)
+    full = annotator.annotate_batch(originals, editeds, instructions)  # chunk of batch_size
+    short = annotator.annotate_batch(originals[1:], editeds[1:], instructions[1:])  # chunk of 3, padded
+    for index in range(4):
+        alone = annotator.annotate_batch(originals[index:index + 1], editeds[index:index + 1],
+                                         instructions[index:index + 1])[0]  # chunk of 1, padded
+        np.testing.assert_array_equal(alone.prob, full[index].prob)
+        np.testing.assert_array_equal(alone.mask, full[index].mask)
+        assert alone.score == full[index].score
+        if index:
+            np.testing.assert_array_equal(short[index - 1].prob, full[index].prob)
+            np.testing.assert_array_equal(short[index - 1].mask, full[index].mask)
+
+
+def test_concurrent_calls_equal_serial(tiny_checkpoint):
+    import threading
+
+    annotator = Annotator.from_pretrained(tiny_checkpoint, device="cpu", batch_size=2)
+    jobs = [more_pairs(3, seed=40 + 10 * thread) for thread in range(4)]
+    serial = [annotator.annotate_batch(*job) for job in jobs]
+    concurrent, errors, start = [None] * 4, [], threading.Barrier(4)
+
+    def work(index):
+        try:
+            start.wait()
+            for _ in range(2):
+                concurrent[index] = annotator.annotate_batch(*jobs[index])
+        except Exception as error:  # noqa: BLE001 (reported by the main thread)
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    for expected, got in zip(serial, concurrent):
+        for a, b in zip(expected, got):
+            np.testing.assert_array_equal(a.prob, b.prob)
+            np.testing.assert_array_equal(a.mask, b.mask)
+            assert a.edit == b.edit
+
+
+def test_cuda_graphs_flag_is_ignored_on_the_cpu(annotator):
+    assert annotator.cuda_graphs is False
+    assert Annotator(annotator.model, device="cpu", cuda_graphs=True).cuda_graphs is False
+
+
+def test_fp8_means_bf16_with_a_quantized_backbone(tiny_checkpoint):
+    from sigma_fast.annotate import resolve_dtype, resolve_precision
+
+    assert resolve_dtype("fp8", torch.device("cpu")) == torch.bfloat16
+    assert resolve_precision("bf16", torch.device("cpu")) == (torch.bfloat16, "bf16")
+    assert resolve_precision(None, torch.device("cpu")) == (torch.float32, "fp32")
+    annotator = Annotator.from_pretrained(tiny_checkpoint, device="cpu", dtype="fp8", batch_size=2)
+    assert (annotator.dtype, annotator.precision) == (torch.bfloat16, "fp8")
+    assert annotator.model.backbone.precision == "fp8"
+    assert next(annotator.model.parameters()).dtype == torch.bfloat16
+    originals, editeds, instructions = pairs()
+    assert len(annotator.annotate_batch(originals, editeds, instructions)) == 3
+
+
+def demo_pairs():
+    import json
+    import os
+
+    from sigma_fast.annotate import EMBEDDED_CHECKPOINT
+
+    root = os.path.join(os.path.dirname(EMBEDDED_CHECKPOINT), "demo_pairs")
+    with open(os.path.join(root, "pairs.jsonl")) as handle:
+        rows = [json.loads(line) for line in handle]
+    return ([os.path.join(root, row["original"]) for row in rows], [os.path.join(root, row["edited"]) for row in rows],
+            [row["instruction"] for row in rows])
+
+
+def fp8_agreement(device):
+    """Mean mask IoU of the FP8 annotator against bf16 on the embedded demo model's sample pairs."""
+    originals, editeds, instructions = demo_pairs()
+    from sigma_fast.annotate import EMBEDDED_CHECKPOINT
+
+    results = {dtype: Annotator.from_pretrained(EMBEDDED_CHECKPOINT, device=device, dtype=dtype, batch_size=8).annotate_batch(
+        originals, editeds, instructions) for dtype in ("bf16", "fp8")}
+    return np.mean([mask_iou(a.mask, b.mask) for a, b in zip(results["bf16"], results["fp8"])])
+
+
+def mask_iou(a, b):
+    union = np.logical_or(a > 0, b > 0).sum()
+    return 1.0 if union == 0 else np.logical_and(a > 0, b > 0).sum() / union
+
+
+def test_fp8_masks_agree_with_bf16_on_the_cpu():
+    # torch._scaled_mm runs on the CPU too: the same quantisation as on the GPU, emulated.
+    assert fp8_agreement("cpu") >= 0.97
+
+
+@pytest.mark.gpu
+def test_fp8_masks_agree_with_bf16_on_the_gpu():
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 GEMMs need Ada, Hopper or newer")
+    assert fp8_agreement("cuda") >= 0.97

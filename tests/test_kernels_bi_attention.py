@@ -18,6 +18,8 @@ KERNEL_DEVICE = "cpu" if _dispatch.interpreting() else "cuda"
 needs_kernels = pytest.mark.skipif(
     not _dispatch.HAS_TRITON or not (_dispatch.interpreting() or torch.cuda.is_available()),
     reason="the Triton kernels need TRITON_INTERPRET=1 (CPU) or a CUDA GPU")
+# Where the custom ops run their Triton kernels if they can, else CPU (their references).
+OP_DEVICE = KERNEL_DEVICE if _dispatch.interpreting() or torch.cuda.is_available() else "cpu"
 
 
 def make_inputs(batch, heads, tokens, text_len, head_dim, *, seed, prior=True, mask=True,
@@ -122,26 +124,73 @@ def test_padded_text_rows_are_zero_and_a_zero_prior_is_finite():
     assert_close(o_t, ref_o_t, rtol=1e-5)
 
 
-def _poison_fused(monkeypatch):
+def _poison_kernels(monkeypatch):
+    """Make any launch of the Triton kernels (or, without Triton, of the custom op) fail."""
     def refuse(*args, **kwargs):
         raise AssertionError("the fused kernel was called")
 
     monkeypatch.setattr(kernels, "fused_bi_attention", refuse, raising=False)
 
 
-def test_cpu_tensors_use_the_reference_without_the_interpreter(monkeypatch):
+def _poison_launchers(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a Triton kernel was launched")
+
+    fused = importlib.import_module("sigma_fast.kernels.bi_attention")
+    monkeypatch.setattr(fused, "_forward", refuse)
+    monkeypatch.setattr(fused, "_backward", refuse)
+
+
+@pytest.mark.skipif(not _dispatch.HAS_TRITON, reason="triton is not installed")
+def test_cpu_tensors_run_the_op_on_the_reference_without_the_interpreter(monkeypatch):
+    # The custom op runs on CPU tensors too (so graphs trace the same everywhere), with the
+    # reference forward and the hand-written reference backward inside.
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    _poison_fused(monkeypatch)
+    _poison_launchers(monkeypatch)
     inputs = make_inputs(1, 2, 10, 3, 16, seed=1, device="cpu")
     for fused, expected in zip(kernels.bi_attention(**inputs), reference.bi_attention(**inputs)):
         torch.testing.assert_close(fused, expected, rtol=0, atol=0)
+    check_against_reference(make_inputs(2, 2, 37, 5, 32, seed=2, device="cpu", heads_last=True), device="cpu")
 
 
 def test_without_triton_everything_uses_the_reference(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setattr(_dispatch, "HAS_TRITON", False)
-    _poison_fused(monkeypatch)
+    monkeypatch.setattr(kernels, "HAS_TRITON", False)
+    _poison_kernels(monkeypatch)
     kernels.bi_attention(**make_inputs(1, 2, 10, 3, 16, seed=2, device="cpu"))
+
+
+@pytest.mark.skipif(not _dispatch.HAS_TRITON, reason="triton is not installed")
+@pytest.mark.parametrize("prior,mask", [(True, True), (False, False)], ids=["prior-mask", "plain"])
+def test_custom_ops_pass_opcheck(prior, mask):
+    # The Triton kernels under TRITON_INTERPRET=1 (or on a GPU), the references otherwise.
+    fused = importlib.import_module("sigma_fast.kernels.bi_attention")
+    inputs = make_inputs(1, 2, 21, 5, 16, seed=9, prior=prior, mask=mask, heads_last=True, device=OP_DEVICE)
+    for name in ("q_v", "k_t", "v_v", "v_t", "prior_bias"):
+        if inputs[name] is not None:
+            inputs[name].requires_grad_()
+    args = (inputs["q_v"], inputs["k_t"], inputs["v_v"], inputs["v_t"], inputs["prior_bias"], inputs["text_mask"], 0.25)
+    torch.library.opcheck(fused.bi_attention_op, args)
+    o_v, o_t, lse = fused.bi_attention_op(*args)
+    grads = [torch.randn_like(o_v), torch.randn_like(o_t)]
+    detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    torch.library.opcheck(fused.bi_attention_backward_op, (*detached[:6], o_t.detach(), lse.detach(), *grads, 0.25, prior))
+
+
+@needs_kernels
+def test_kernel_log_sum_exp_and_heads_last_output_match_the_reference():
+    fused = importlib.import_module("sigma_fast.kernels.bi_attention")
+    inputs = make_inputs(2, 2, 37, 5, 32, seed=10, heads_last=True)
+    inputs["text_mask"][1, 1:] = False
+    args = (inputs["q_v"], inputs["k_t"], inputs["v_v"], inputs["v_t"], inputs["prior_bias"], inputs["text_mask"], 0.2)
+    o_v, o_t, lse = fused.bi_attention_op(*args)
+    ref_o_v, ref_o_t, ref_lse = fused.reference_forward(*args)
+    assert o_v.shape == (2, 37, 2, 32) and o_v.is_contiguous()
+    assert_close(o_v, ref_o_v, rtol=1e-5)
+    assert_close(lse, ref_lse, rtol=1e-5)
+    public_o_v, _ = kernels.bi_attention(**inputs)
+    assert public_o_v.shape == (2, 2, 37, 32) and public_o_v.transpose(1, 2).is_contiguous()
 
 
 @pytest.mark.skipif(not _dispatch.HAS_TRITON, reason="triton is not installed")

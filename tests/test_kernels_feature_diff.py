@@ -17,6 +17,8 @@ KERNEL_DEVICE = "cpu" if _dispatch.interpreting() else "cuda"
 needs_kernels = pytest.mark.skipif(
     not _dispatch.HAS_TRITON or not (_dispatch.interpreting() or torch.cuda.is_available()),
     reason="the Triton kernels need TRITON_INTERPRET=1 (CPU) or a CUDA GPU")
+# Where the custom ops run their Triton kernels if they can, else CPU (their references).
+OP_DEVICE = KERNEL_DEVICE if _dispatch.interpreting() or torch.cuda.is_available() else "cpu"
 
 
 def make_inputs(batch, tokens, channels, dim, taps, *, seed, dtype=torch.float32, device=KERNEL_DEVICE,
@@ -156,22 +158,68 @@ def _poison_fused(monkeypatch):
     monkeypatch.setattr(kernels, "fused_feature_diff_stats", refuse, raising=False)
 
 
-def test_cpu_tensors_use_the_reference_without_the_interpreter(monkeypatch):
+def _poison_launchers(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a Triton kernel was launched")
+
+    fused = importlib.import_module("sigma_fast.kernels.feature_diff")
+    for name in ("_forward", "_weight_grad", "_stats"):
+        monkeypatch.setattr(fused, name, refuse)
+
+
+@pytest.mark.skipif(not _dispatch.HAS_TRITON, reason="triton is not installed")
+def test_cpu_tensors_run_the_ops_on_the_reference_without_the_interpreter(monkeypatch):
+    # The custom ops run on CPU tensors too (so graphs trace the same everywhere), with the
+    # reference forward, stats and weight gradient inside.
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    _poison_fused(monkeypatch)
+    _poison_launchers(monkeypatch)
     f_orig, f_edit, params = make_inputs(1, 5, 6, 8, 2, seed=1, device="cpu")
     torch.testing.assert_close(kernels.feature_diff(f_orig, f_edit, **params),
                                reference.feature_diff(f_orig, f_edit, **params), rtol=0, atol=0)
-    kernels.feature_diff_stats(f_orig, f_edit)
+    for stat, expected in zip(kernels.feature_diff_stats(f_orig, f_edit), reference.feature_diff_stats(f_orig, f_edit)):
+        torch.testing.assert_close(stat, expected, rtol=0, atol=0)
+    check_gradients(2, 37, 33, 40, 3, (True, True, True), device="cpu")
 
 
 def test_without_triton_everything_uses_the_reference(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setattr(_dispatch, "HAS_TRITON", False)
+    monkeypatch.setattr(kernels, "HAS_TRITON", False)
     _poison_fused(monkeypatch)
     f_orig, f_edit, params = make_inputs(1, 5, 6, 8, 1, seed=2, device="cpu")
     kernels.feature_diff(f_orig, f_edit, **params)
     kernels.feature_diff_stats(f_orig, f_edit)
+
+
+@pytest.mark.skipif(not _dispatch.HAS_TRITON, reason="triton is not installed")
+@pytest.mark.parametrize("whiten", [(True, True, True), (False, False, False)], ids=["whitened", "plain"])
+def test_custom_ops_pass_opcheck(whiten):
+    # The Triton kernels under TRITON_INTERPRET=1 (or on a GPU), the references otherwise.
+    fused = importlib.import_module("sigma_fast.kernels.feature_diff")
+    f_orig, f_edit, params = make_inputs(2, 9, 8, 16, 2, seed=14, whiten=whiten, device=OP_DEVICE)
+    params = {name: p.requires_grad_() if p is not None else None for name, p in params.items()}
+    torch.library.opcheck(fused.feature_diff_op, (f_orig, f_edit, *params.values(), True))
+    torch.library.opcheck(fused.feature_diff_op, (f_orig, f_edit, *params.values(), False),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.skipif(not _dispatch.HAS_TRITON, reason="triton is not installed")
+def test_backward_and_stats_ops_pass_opcheck():
+    fused = importlib.import_module("sigma_fast.kernels.feature_diff")
+    f_orig, f_edit, params = make_inputs(2, 9, 8, 16, 2, seed=16, device=OP_DEVICE)
+    out, stats = fused.feature_diff_op(f_orig, f_edit, *params.values(), True)
+    torch.library.opcheck(fused.feature_diff_weight_grad_op, (f_orig, f_edit, stats, params["noise_mean"],
+                                                             params["noise_std"], torch.randn_like(out)))
+    torch.library.opcheck(fused.feature_diff_stats_op, (f_orig, f_edit))
+
+
+@needs_kernels
+def test_kernel_token_stats_match_the_reference():
+    # The (L, 5, B*N) stats the forward saves for the backward: LayerNorm moments and 1 - cos.
+    fused = importlib.import_module("sigma_fast.kernels.feature_diff")
+    f_orig, f_edit, params = make_inputs(2, 37, 33, 16, 2, seed=15, offset=3.0)
+    _, stats = fused.feature_diff_op(f_orig, f_edit, *params.values(), True)
+    assert_close(stats, fused.reference_token_stats(f_orig, f_edit), rtol=1e-5)
 
 
 @pytest.mark.skipif(not _dispatch.HAS_TRITON, reason="triton is not installed")

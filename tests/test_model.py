@@ -150,3 +150,161 @@ def test_tiny_spec_controls_grid(tmp_path):
     spec = TinyEncoderSpec(image_size=28, patch_size=7, backbone_layers=2)
     model = SigmaModel.from_config(tiny_sigma_config(*build_tiny_encoders(str(tmp_path), spec), spec))
     assert model.grid == 4
+
+
+def calibrated_branch(seed=0):
+    torch.manual_seed(seed)
+    branch = DifferenceBranch(channels=8, num_taps=2, dim=4)
+    f_orig = [torch.randn(2, 5, 8) for _ in range(2)]
+    f_edit = [0.5 * o + torch.randn(2, 5, 8) for o in f_orig]
+    mean, std = reference.feature_diff_stats(f_orig, f_edit)
+    with torch.no_grad():
+        branch.set_noise_stats(mean + 0.1, std + 0.2)
+        branch.bias.normal_()
+    return branch, f_orig, f_edit
+
+
+def test_calibrated_is_a_python_flag_saved_as_the_same_tensor_key():
+    branch, _, _ = calibrated_branch()
+    assert branch.calibrated is True and "calibrated" not in dict(branch.named_buffers())
+    state = branch.state_dict()
+    assert list(state) == ["weight", "bias", "noise_mean", "noise_std", "calibrated"]
+    assert state["calibrated"].dtype == torch.bool and bool(state["calibrated"])
+    fresh = DifferenceBranch(channels=8, num_taps=2, dim=4)
+    assert fresh.calibrated is False
+    fresh.load_state_dict(state)
+    assert fresh.calibrated is True
+    fresh.load_state_dict({**state, "calibrated": torch.tensor(False)})
+    assert fresh.calibrated is False
+    missing = {name: value for name, value in state.items() if name != "calibrated"}
+    with pytest.raises(RuntimeError, match="calibrated"):
+        fresh.load_state_dict(missing)
+
+
+def spy_on_feature_diff(monkeypatch):
+    """Records the parameters each call of the difference branch hands to the fused op."""
+    import sigma_fast.model.difference as difference_module
+
+    calls = []
+
+    def spy(f_orig, f_edit, weight, bias=None, noise_mean=None, noise_std=None):
+        calls.append((weight, bias, noise_mean, noise_std))
+        return reference.feature_diff(f_orig, f_edit, weight, bias, noise_mean, noise_std)
+
+    monkeypatch.setattr(difference_module.kernels, "feature_diff", spy)
+    return calls
+
+
+def test_inference_folds_the_whitening_into_the_projection(monkeypatch):
+    branch, f_orig, f_edit = calibrated_branch()
+    calls = spy_on_feature_diff(monkeypatch)
+    unfolded = branch(f_orig, f_edit)  # training mode: the whitened parameters
+    assert calls[-1][2] is branch.noise_mean and calls[-1][3] is branch.noise_std
+    branch.eval()
+    with torch.no_grad():
+        folded = branch(f_orig, f_edit)
+    weight, bias, noise_mean, noise_std = calls[-1]
+    assert noise_mean is None and noise_std is None and weight is not branch.weight
+    torch.testing.assert_close(folded, unfolded.detach(), rtol=1e-5, atol=1e-5)
+    # Eval mode with grad enabled (training through an eval-mode head) keeps the parameters.
+    branch(f_orig, f_edit)
+    assert calls[-1][0] is branch.weight
+
+
+def test_a_stale_fold_is_never_used(monkeypatch):
+    branch, f_orig, f_edit = calibrated_branch()
+    branch.eval()
+    calls = spy_on_feature_diff(monkeypatch)
+    with torch.no_grad():
+        branch.weight.mul_(2.0)  # an in-place update after the fold (an optimiser or EMA step)
+        doubled = branch(f_orig, f_edit)
+        assert calls[-1][0] is branch.weight
+        branch.fold()
+        torch.testing.assert_close(branch(f_orig, f_edit), doubled, rtol=1e-5, atol=1e-5)
+        assert calls[-1][2] is None
+        # New statistics and loaded weights fold again, in eval mode.
+        branch.set_noise_stats(branch.noise_mean + 1.0, branch.noise_std)
+        assert branch._use_fold()
+        branch.load_state_dict(calibrated_branch(seed=3)[0].state_dict())
+        assert branch._use_fold()
+        expected = reference.feature_diff(f_orig, f_edit, branch.weight, branch.bias, branch.noise_mean,
+                                          branch.noise_std)
+        torch.testing.assert_close(branch(f_orig, f_edit), expected, rtol=1e-5, atol=1e-5)
+        assert calls[-1][2] is None
+    branch.train()
+    expected = reference.feature_diff(f_orig, f_edit, branch.weight, branch.bias, branch.noise_mean,
+                                      branch.noise_std)
+    torch.testing.assert_close(branch(f_orig, f_edit), expected)
+    assert branch.folded is None and calls[-1][0] is branch.weight
+
+
+def test_training_learns_the_unfolded_parameters():
+    branch, f_orig, f_edit = calibrated_branch()
+    branch.eval()
+    branch.train()
+    optimizer = torch.optim.SGD(branch.parameters(), lr=0.1)
+    branch(f_orig, f_edit).square().mean().backward()
+    assert branch.weight.grad is not None and branch.bias.grad is not None
+    optimizer.step()
+    branch.eval()
+    with torch.no_grad():
+        folded = branch(f_orig, f_edit)
+        expected = reference.feature_diff(f_orig, f_edit, branch.weight, branch.bias, branch.noise_mean,
+                                          branch.noise_std)
+    torch.testing.assert_close(folded, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fold_follows_the_module_to_another_dtype():
+    branch, f_orig, f_edit = calibrated_branch()
+    branch.eval()
+    branch.to(torch.float64)
+    assert branch.folded[0].dtype == torch.float64 and branch._use_fold() is False  # grad enabled
+    with torch.no_grad():
+        assert branch._use_fold()
+
+
+def test_demo_checkpoint_loads_folded_with_the_same_keys_and_masks():
+    from sigma_fast.annotate import EMBEDDED_CHECKPOINT
+
+    model = SigmaModel.from_pretrained(EMBEDDED_CHECKPOINT)
+    saved = load_file(os.path.join(EMBEDDED_CHECKPOINT, "model.safetensors"))
+    assert set(model.head_state_dict()) == set(saved)
+    assert model.difference.calibrated is bool(saved["difference.calibrated"])
+    # Calibrated (as Stage II leaves a model), the folded inference path gives the same masks.
+    generator = torch.Generator().manual_seed(4)
+    noise_mean = model.difference.noise_mean
+    model.difference.set_noise_stats(torch.rand(noise_mean.shape, generator=generator),
+                                     torch.rand(noise_mean.shape, generator=generator) + 0.5)
+    assert model.difference.folded is not None
+    batch = inputs(model)
+    with torch.no_grad():
+        folded = model(*batch)
+    with torch.enable_grad():  # eval mode with grad: the unfolded parameters
+        unfolded = model(*batch).detach()
+    torch.testing.assert_close(folded, unfolded, rtol=1e-4, atol=1e-4)
+    assert torch.equal(folded > 0, unfolded > 0)
+
+
+def test_bi_attention_block_fuses_projections_without_changing_its_keys():
+    torch.manual_seed(0)
+    block = BiAttentionBlock(dim=16, heads=2, layer_scale_init=1.0)
+    names = {name for name, _ in block.named_parameters()}
+    assert {"query_visual.weight", "value_visual.bias", "key_text.weight", "value_text.bias"} <= names
+    visual, text = torch.randn(2, 9, 16), torch.randn(2, 4, 16)
+    mask = torch.tensor([[True, True, False, True], [True, False, False, False]])
+    prior = torch.rand(2, 9)
+
+    def split(x):
+        return x.unflatten(-1, (2, -1)).transpose(1, 2)
+
+    # The block's forward spelled out with the four separate projections.
+    v, t = block.norm_visual(visual), block.norm_text(text)
+    out_visual, out_text = reference.bi_attention(
+        split(block.query_visual(v)), split(block.key_text(t)), split(block.value_visual(v)),
+        split(block.value_text(t)), torch.log(prior.clamp_min(1e-4)), mask)
+    v = v + block.gamma_visual * (1 + prior[..., None]) * block.out_visual(out_visual.transpose(1, 2).flatten(2))
+    t = t + block.gamma_text * block.out_text(out_text.transpose(1, 2).flatten(2))
+    v = v + block.gamma_mlp * block.mlp(block.norm_mlp(v))
+    got_visual, got_text = block(visual, text, prior, mask)
+    torch.testing.assert_close(got_visual, v)
+    torch.testing.assert_close(got_text, t)

@@ -2,30 +2,25 @@
 import torch
 from torch import nn
 
-SUPPORTED_BACKBONES = ("dinov2", "dinov2_with_registers")
+from sigma_fast.model.vit import SUPPORTED_BACKBONES, DinoViT
 
 
 class DinoBackbone(nn.Module):
-    """Runs a DINOv2 (or DINOv2-with-registers) model only up to the deepest tap and returns the
-    patch tokens (CLS and register tokens dropped) after each tapped layer.
+    """Runs a DINOv2 (or DINOv2-with-registers) model only up to the deepest tap, through our own
+    forward (`sigma_fast.model.vit.DinoViT`), and returns the patch tokens (CLS and register tokens
+    dropped) after each tapped layer.
 
     `taps` are 1-based layer indices: tap i equals Hugging Face's `hidden_states[i][:, prefix:]`.
     """
 
     def __init__(self, model, taps):
+        # model: a Hugging Face Dinov2Model / Dinov2WithRegistersModel whose weights are taken.
         super().__init__()
-        config = model.config
-        if config.model_type not in SUPPORTED_BACKBONES:
-            raise ValueError(f"backbone must be one of {SUPPORTED_BACKBONES}, got {config.model_type!r}")
-        if max(taps) > config.num_hidden_layers:
-            raise ValueError(f"tap {max(taps)} is deeper than the backbone's {config.num_hidden_layers} layers")
         self.taps = tuple(taps)
-        self.embeddings = model.embeddings
-        self.layers = nn.ModuleList(model.encoder.layer[: max(taps)])
-        self.num_prefix_tokens = 1 + getattr(config, "num_register_tokens", 0)
-        self.patch_size = config.patch_size
-        self.hidden_size = config.hidden_size
-        self.requires_grad_(False)
+        self.vit = DinoViT.from_hf(model, max(self.taps))
+        self.num_prefix_tokens = 1 + self.vit.config.num_register_tokens
+        self.patch_size = self.vit.config.patch_size
+        self.hidden_size = self.vit.config.hidden_size
         self.eval()
 
     @classmethod
@@ -35,8 +30,16 @@ class DinoBackbone(nn.Module):
         config = AutoConfig.from_pretrained(name_or_path)
         if config.model_type not in SUPPORTED_BACKBONES:
             raise ValueError(f"{name_or_path!r} is a {config.model_type!r} model, not one of {SUPPORTED_BACKBONES}")
-        model = AutoModel.from_pretrained(name_or_path, attn_implementation="sdpa", dtype=dtype or torch.float32)
+        model = AutoModel.from_pretrained(name_or_path, dtype=dtype or torch.float32)
         return cls(model, taps)
+
+    @property
+    def precision(self):
+        return self.vit.precision
+
+    def quantize_fp8(self):
+        """Run the backbone's GEMMs in FP8 from now on (see `DinoViT.quantize_fp8`)."""
+        self.vit.quantize_fp8()
 
     def train(self, mode=True):
         # Frozen: dropout and drop-path stay off even while the head trains.
@@ -44,12 +47,4 @@ class DinoBackbone(nn.Module):
 
     def forward(self, pixel_values):
         # (B, 3, S, S) -> L x (B, (S/p)^2, C)
-        hidden = self.embeddings(pixel_values)
-        taps, outputs = set(self.taps), []
-        for index, layer in enumerate(self.layers, start=1):
-            hidden = layer(hidden)
-            if isinstance(hidden, tuple):  # older transformers return (hidden, attentions)
-                hidden = hidden[0]
-            if index in taps:
-                outputs.append(hidden[:, self.num_prefix_tokens:])
-        return outputs
+        return [hidden[:, self.num_prefix_tokens:] for hidden in self.vit(pixel_values, self.taps)]

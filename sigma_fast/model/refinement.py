@@ -1,5 +1,6 @@
 """Bidirectional cross-modal refinement between the visual difference stream and text tokens."""
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sigma_fast import kernels
@@ -12,6 +13,11 @@ class BiAttentionBlock(nn.Module):
     attend over text (softmax over T), the text tokens attend over the visual grid (softmax over N
     with log-prior bias). The prior also gates the visual update:
     v = LN(v) + gamma_v * (1 + alpha * P) * dv.
+
+    The visual query and value projections run as one GEMM, as do the text key and value ones
+    (weights concatenated per call, so checkpoints keep the four separate Linear layers); the
+    attention reads its heads straight out of those outputs and writes the visual result in
+    (B, N, H*d) order.
     """
 
     def __init__(self, dim, heads, alpha=1.0, layer_scale_init=1e-4, mlp_ratio=4):
@@ -32,22 +38,25 @@ class BiAttentionBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
         self.gamma_mlp = nn.Parameter(torch.full((dim,), layer_scale_init))
 
-    def _split_heads(self, x):
-        # (B, L, dim) -> (B, H, L, dim / H)
-        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+    def _paired_heads(self, x, first, second):
+        # (B, L, dim) -> two (B, H, L, dim / H) views of one (B, L, 2 * dim) projection
+        weight = torch.cat([first.weight, second.weight])
+        bias = torch.cat([first.bias, second.bias])
+        pair = F.linear(x, weight, bias).unflatten(-1, (2, self.heads, -1))  # (B, L, 2, H, dim / H)
+        return pair[:, :, 0].transpose(1, 2), pair[:, :, 1].transpose(1, 2)
 
     def forward(self, visual, text, prior, text_mask):
         # visual (B, N, dim), text (B, T, dim), prior (B, N) in [0, 1], text_mask (B, T) bool
         visual = self.norm_visual(visual)
         text = self.norm_text(text)
+        query_visual, value_visual = self._paired_heads(visual, self.query_visual, self.value_visual)
+        key_text, value_text = self._paired_heads(text, self.key_text, self.value_text)
         out_visual, out_text = kernels.bi_attention(
-            self._split_heads(self.query_visual(visual)),
-            self._split_heads(self.key_text(text)),
-            self._split_heads(self.value_visual(visual)),
-            self._split_heads(self.value_text(text)),
+            query_visual, key_text, value_visual, value_text,
             prior_bias=torch.log(prior.clamp_min(PRIOR_EPS)).to(visual.dtype),
             text_mask=text_mask,
         )
+        # The fused kernel's out_visual is (B, N, H, d) memory: merging the heads is a free view.
         delta_visual = self.out_visual(out_visual.transpose(1, 2).flatten(2))
         delta_text = self.out_text(out_text.transpose(1, 2).flatten(2))
         gate = (1.0 + self.alpha * prior)[..., None].to(visual.dtype)

@@ -47,6 +47,8 @@ class EmaTeacher:
                 teacher_state[name].lerp_(value, 1.0 - decay)
             else:
                 teacher_state[name].copy_(value)
+        # The calibration flag is a Python attribute: its state-dict tensor is a copy.
+        self.model.difference.calibrated = student.difference.calibrated
         self.updates += 1
 
     @torch.no_grad()

@@ -145,6 +145,9 @@ class Trainer:
         config, stage2 = self.config, self.config.stage2
         torch.manual_seed(config.seed)
         self.model = build_model(config).to(self.device).train()
+        if self.bf16:
+            # The frozen backbone has no master weights to keep: it runs in bf16 outright.
+            self.model.backbone.to(torch.bfloat16)
         self.grid = self.model.grid
         self.train_sources = self._open_sources(config.data.train, need_mask=True)
         self.val_sources = self._open_sources(config.data.val, need_mask=True)

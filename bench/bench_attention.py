@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from sigma_fast.model import attention
+from timing import event_seconds
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="benchmarks need a CUDA GPU")
 
@@ -24,14 +25,6 @@ ROUNDS, WARMUP_ROUNDS = 20, 3
 MEDIANS = {}
 BACKENDS = attention.backends("cuda") if torch.cuda.is_available() else []
 
-
-def event_seconds(fn):
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / 1e3
 
 
 @pytest.mark.parametrize("pairs", (32, 64))

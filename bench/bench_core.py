@@ -30,6 +30,7 @@ import statistics
 
 import pytest
 import torch
+from timing import event_seconds
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="benchmarks need a CUDA GPU")
 
@@ -60,15 +61,6 @@ def measure(benchmark, row, pairs, fn, rounds=ROUNDS, warmup_rounds=WARMUP_ROUND
     record(benchmark.extra_info, row, pairs, median)
     return median
 
-
-def event_seconds(fn):
-    """Seconds of device time between CUDA events around `fn()`; synchronises once, at the end."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / 1e3
 
 
 def record(info, row, pairs, median):

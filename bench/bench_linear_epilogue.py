@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from sigma_fast import kernels
+from timing import event_seconds
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="benchmarks need a CUDA GPU")
 
@@ -46,15 +47,6 @@ def floor_seconds(shape, images):
         elements += rows * out_features
     return max(elements * HALF / COPY_BANDWIDTH, 2 * rows * in_features * out_features / PEAK_FLOPS)
 
-
-def event_seconds(fn):
-    """Seconds of device time between CUDA events around `fn()`."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / 1e3
 
 
 def measure(benchmark, request, fn, shape, images, baseline):

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from sigma_fast import kernels
+from timing import event_seconds
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="benchmarks need a CUDA GPU")
 
@@ -42,15 +43,6 @@ FLOORS = {
 # Seconds per call (CUDA events) of the rows measured so far in this process, by benchmark name.
 MEDIANS = {}
 
-
-def event_seconds(fn):
-    """Seconds of device time between CUDA events around `fn()`."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / 1e3
 
 
 def measure(benchmark, request, fn, operation):

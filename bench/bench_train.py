@@ -20,7 +20,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench_core import MEDIANS, ROUNDS, WARMUP_ROUNDS, build_sigma_core, core_inputs, event_seconds, measure
+from bench_core import MEDIANS, ROUNDS, WARMUP_ROUNDS, build_sigma_core, core_inputs, measure
+from timing import event_seconds
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="benchmarks need a CUDA GPU")
 

@@ -17,7 +17,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_core import build_sigma_core, core_inputs, event_seconds  # noqa: E402
+from bench_core import build_sigma_core, core_inputs  # noqa: E402
+from timing import event_seconds  # noqa: E402
 
 WARMUP, REPEATS, PROFILED = 3, 10, 3
 

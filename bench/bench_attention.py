@@ -9,13 +9,11 @@ table shows whether the measured choice is the fastest row. A backend that does 
 shape is skipped with its error.
 Run on a GPU: `pytest bench/bench_attention.py --benchmark-only`; everything skips without CUDA.
 """
-import statistics
-
 import pytest
 import torch
 
 from sigma_fast.model import attention
-from timing import event_seconds
+from timing import median_seconds
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="benchmarks need a CUDA GPU")
 
@@ -24,7 +22,6 @@ PEAK_FLOPS = 787e12  # FLOP/s, dense bf16 matmul (PERF.md, H200)
 ROUNDS, WARMUP_ROUNDS = 20, 3
 MEDIANS = {}
 BACKENDS = attention.backends("cuda") if torch.cuda.is_available() else []
-
 
 
 @pytest.mark.parametrize("pairs", (32, 64))
@@ -38,11 +35,8 @@ def test_attention(benchmark, backend, pairs):
             attention.attention(qkv, backend)
         except (RuntimeError, ValueError, NotImplementedError) as error:
             pytest.skip(f"{backend} does not run this shape: {str(error).splitlines()[0]}")
-        times = []
-        benchmark.pedantic(lambda: times.append(event_seconds(lambda: attention.attention(qkv, backend))),
-                           rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP_ROUNDS)
         chosen = attention.choose_backend(qkv)
-    median = statistics.median(times[WARMUP_ROUNDS:])
+    median = median_seconds(benchmark, lambda: attention.attention(qkv, backend), ROUNDS, WARMUP_ROUNDS)
     MEDIANS[(backend, pairs)] = median
     flops = 4 * (2 * pairs) * TOKENS ** 2 * HEADS * HEAD_DIM
     info = dict(pairs=pairs, median_ms=median * 1e3, share_of_floor=flops / PEAK_FLOPS / median,

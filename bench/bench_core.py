@@ -62,7 +62,6 @@ def measure(benchmark, row, pairs, fn, rounds=ROUNDS, warmup_rounds=WARMUP_ROUND
     return median
 
 
-
 def record(info, row, pairs, median):
     """The figures every row reports (see the module docstring)."""
     pairs_per_s = pairs / median

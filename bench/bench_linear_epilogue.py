@@ -16,14 +16,13 @@ extra_info: `pairs`, `baseline`, `floor_s` (max(FLOPs / 787e12, bytes / 4.19e12)
 ceilings), and from CUDA events: `median_ms`, `pairs_per_s`, `share_of_floor`, `ratio_to_<baseline>`.
 Run on a GPU with `pytest bench/bench_linear_epilogue.py --benchmark-only`; skips without CUDA.
 """
-import statistics
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from sigma_fast import kernels
-from timing import event_seconds
+from timing import median_seconds
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="benchmarks need a CUDA GPU")
 
@@ -48,14 +47,9 @@ def floor_seconds(shape, images):
     return max(elements * HALF / COPY_BANDWIDTH, 2 * rows * in_features * out_features / PEAK_FLOPS)
 
 
-
 def measure(benchmark, request, fn, shape, images, baseline):
     """Times fn() with CUDA events in pytest-benchmark's rounds; records the row's extra_info."""
-    times = []
-    with torch.inference_mode():
-        benchmark.pedantic(lambda: times.append(event_seconds(fn)), rounds=ROUNDS, iterations=1,
-                           warmup_rounds=WARMUP_ROUNDS)
-    median = statistics.median(times[WARMUP_ROUNDS:])
+    median = median_seconds(benchmark, fn, ROUNDS, WARMUP_ROUNDS)
     MEDIANS[request.node.name] = median
     floor_s, pairs = floor_seconds(shape, images), images // 2
     benchmark.extra_info.update(pairs=pairs, baseline=baseline, floor_s=floor_s, median_ms=median * 1e3,

@@ -14,14 +14,13 @@ must move / 4.19e12 B/s, PERF.md's H200 copy bandwidth; one floor per operation)
 events: `median_ms`, `share_of_floor` (floor_s / median), `ratio_to_<baseline>`.
 Run on a GPU with `pytest bench/bench_rowwise.py --benchmark-only`; skips without CUDA.
 """
-import statistics
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from sigma_fast import kernels
-from timing import event_seconds
+from timing import median_seconds
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="benchmarks need a CUDA GPU")
 
@@ -44,14 +43,9 @@ FLOORS = {
 MEDIANS = {}
 
 
-
 def measure(benchmark, request, fn, operation):
     """Times fn() with CUDA events in pytest-benchmark's rounds; records the row's extra_info."""
-    times = []
-    with torch.inference_mode():
-        benchmark.pedantic(lambda: times.append(event_seconds(fn)), rounds=ROUNDS, iterations=1,
-                           warmup_rounds=WARMUP_ROUNDS)
-    median = statistics.median(times[WARMUP_ROUNDS:])
+    median = median_seconds(benchmark, fn, ROUNDS, WARMUP_ROUNDS)
     MEDIANS[request.node.name] = median
     baseline = f"test_unfused[{operation}]"
     floor_s = FLOORS[operation]

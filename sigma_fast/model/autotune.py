@@ -95,7 +95,7 @@ def choose(key, device, candidates):
         try:
             timings[name] = time_ms(fn)
         except (RuntimeError, ValueError, NotImplementedError) as error:
-            log.info("autotune %s: %s unavailable (%s)", key, name, str(error).splitlines()[0] if str(error) else error)
+            log.info("autotune %s: %s unavailable (%s)", key, name, (str(error) or repr(error)).splitlines()[0])
     if not timings:
         raise RuntimeError(f"autotune: no candidate of {key} runs on this device: {sorted(candidates)}")
     best = min(timings, key=timings.get)

@@ -99,7 +99,8 @@ def choose(key, device, candidates):
     if not timings:
         raise RuntimeError(f"autotune: no candidate of {key} runs on this device: {sorted(candidates)}")
     best = min(timings, key=timings.get)
-    log.info("autotune %s: %s", key, ", ".join(f"{n} {t:.3f} ms" for n, t in sorted(timings.items(), key=lambda i: i[1])))
+    ranking = sorted(timings.items(), key=lambda item: item[1])
+    log.info("autotune %s: %s", key, ", ".join(f"{name} {ms:.3f} ms" for name, ms in ranking))
     with _lock:
         _load()[full_key] = best
         _save()

@@ -122,12 +122,13 @@ def launch_quantize_fp8_rows(x, apply_gelu):
 
 
 def check_rows(op_name, x):
+    """One-line errors unless x is a float tensor of rows (..., K) with K > 0."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{op_name}: x must be a tensor, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{op_name}: x must be float32, float16 or bfloat16, got {x.dtype}")
     if x.dim() == 0 or x.shape[-1] == 0:
-        raise ValueError(f"{op_name}: x must be (..., K) with K > 0, got {tuple(x.shape)}")
+        raise ValueError(f"{op_name}: x must be rows (..., K) with K > 0, got shape {tuple(x.shape)}")
 
 
 @torch.library.custom_op("sigma_fast::quantize_fp8_rows", mutates_args=())

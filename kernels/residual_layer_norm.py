@@ -21,7 +21,7 @@ import triton.language as tl
 from sigma_fast.kernels import reference
 from sigma_fast.kernels._dispatch import common_device, interpreting, use_triton
 from sigma_fast.kernels.quantize_fp8 import (
-    E4M3_MAX, FLOAT_DTYPES, _store_e4m3_rows, as_rows, fp8_kernel_available, row_config)
+    E4M3_MAX, _store_e4m3_rows, as_rows, check_rows, fp8_kernel_available, row_config)
 
 
 @triton.jit
@@ -90,13 +90,10 @@ def launch_residual_layer_norm(x, y, gamma, weight, bias, eps, fp8):
 
 def check_inputs(op_name, x, y, gamma, weight, bias):
     """One-line errors for inputs outside the contract; returns the common device."""
-    for name, tensor in (("x", x), ("weight", weight), ("bias", bias)):
+    check_rows(op_name, x)
+    for name, tensor in (("weight", weight), ("bias", bias)):
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{op_name}: {name} must be a tensor, got {type(tensor).__name__}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{op_name}: x must be float32, float16 or bfloat16, got {x.dtype}")
-    if x.dim() == 0 or x.shape[-1] == 0:
-        raise ValueError(f"{op_name}: x must be (..., C) with C > 0, got {tuple(x.shape)}")
     if y is not None and (y.shape != x.shape or y.dtype != x.dtype):
         raise ValueError(f"{op_name}: y must match x's shape and dtype {tuple(x.shape)} {x.dtype}, "
                          f"got {tuple(y.shape)} {y.dtype}")

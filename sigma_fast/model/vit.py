@@ -263,7 +263,7 @@ class DinoViT(nn.Module):
     def plan(self, x):
         """How each step runs for hidden states shaped like x: `plan_overrides` over the choices
         measured on the card once per shape and dtype (on the CPU: the PyTorch paths)."""
-        key = (tuple(x.shape), x.dtype)
+        key = (tuple(x.shape), x.dtype, self.precision)
         if key not in self._plans:
             if x.device.type == "cuda" and not torch.compiler.is_compiling():
                 self._plans[key] = self._measure_plan(x)
@@ -273,9 +273,11 @@ class DinoViT(nn.Module):
 
     def _measure_plan(self, x):
         block, (batch, tokens, width) = self.blocks[0], x.shape
-        h = torch.randn_like(x)
         qkv = torch.randn(batch, tokens, 3, self.config.num_heads, width // self.config.num_heads,
                           device=x.device, dtype=x.dtype)
+        if self.precision == "fp8":  # the FP8 GEMMs have one implementation: only attention is chosen
+            return dict(DEFAULT_PLAN, attention=attention.choose_backend(qkv))
+        h = torch.randn_like(x)
         hidden = torch.randn(batch, tokens, block.fc2.in_features, device=x.device, dtype=x.dtype)
         shape = f"{tuple(x.shape)}|{x.dtype}"
         fc1 = {"torch": lambda: F.gelu(F.linear(h, block.fc1.weight, block.fc1.bias))}

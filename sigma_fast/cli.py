@@ -2,6 +2,7 @@
 import argparse
 import json
 import logging
+import os
 import sys
 
 
@@ -48,12 +49,29 @@ def load_annotator(args):
 
 
 def command_annotate(args):
-    from sigma_fast.pipeline import annotate_manifest
+    from sigma_fast.io.corpora import open_corpus
+    from sigma_fast.pipeline import annotate_corpus
 
-    summary = annotate_manifest(load_annotator(args), args.manifest, args.out, batch_size=args.batch_size,
-                                workers=args.workers, negatives=not args.no_negatives, limit=args.limit,
-                                progress=not args.quiet)
+    if args.shard_size < 1:
+        raise ValueError(f"--shard-size must be at least 1, got {args.shard_size}")
+    if args.manifest is not None:
+        corpus = open_corpus(args.manifest, format="manifest", limit=args.limit)
+    else:
+        corpus = open_corpus(args.input if len(args.input) > 1 else args.input[0], format=args.format, limit=args.limit)
+    # the input is checked above, before the model loads
+    summary = annotate_corpus(load_annotator(args), corpus, args.out, shard_size=args.shard_size, writer=args.writer,
+                              workers=args.workers, negatives=not args.no_negatives, manidataset=args.manidataset,
+                              min_score=args.min_score, drop_regenerated=args.drop_regenerated,
+                              overwrite=args.overwrite, progress=not args.quiet)
     print(json.dumps(summary.__dict__))
+    return 0
+
+
+def command_relocate(args):
+    from sigma_fast.io.writers.benco import relocate
+
+    entries = relocate(args.out)
+    print(f"dataset.json rewritten for {os.path.abspath(args.out)} ({entries} entries)")
     return 0
 
 
@@ -79,19 +97,40 @@ def command_demo(args):
 
 
 def build_parser():
+    from sigma_fast.io.corpora import FORMATS
+
     parser = argparse.ArgumentParser(prog="sigma-fast", description="SIGMA edit-mask annotation, fast.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    annotate = commands.add_parser("annotate", help="annotate a manifest of pairs into an IMDL-BenCo dataset")
-    annotate.add_argument("--manifest", required=True,
-                          help="JSONL or CSV with original, edited, instruction[, mask][, key]")
-    annotate.add_argument("--out", required=True, help="output folder (re-running resumes it)")
+    annotate = commands.add_parser("annotate", help="annotate a corpus of edit pairs into IMDL-BenCo / webdataset shards")
+    source = annotate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", metavar="PATH_OR_GLOB",
+                        help="corpus files, globs, folders or fsspec URLs (read in sorted order)")
+    source.add_argument("--manifest", help="short for --format manifest --input MANIFEST (JSONL or CSV with "
+                                           "original, edited, instruction[, mask][, key])")
+    annotate.add_argument("--format", default=None, choices=FORMATS,
+                          help="corpus schema (default: detected from the file suffix or parquet columns)")
+    annotate.add_argument("--out", required=True, help="output folder (re-running with the same settings resumes it)")
     add_model_options(annotate)
     add_run_options(annotate)
+    annotate.add_argument("--shard-size", type=int, default=1000, help="rows per output shard (default 1000)")
+    annotate.add_argument("--writer", default="benco", choices=["benco", "webdataset", "both"],
+                          help="IMDL-BenCo files + dataset.json, webdataset tar shards, or both (default benco)")
+    annotate.add_argument("--manidataset", action="store_true",
+                          help="also lay the dataset out for IMDL-BenCo's ManiDataset (OUT/benco/Tp + OUT/benco/Gt)")
+    annotate.add_argument("--min-score", type=float, default=None, help="leave out pairs whose score is below S")
+    annotate.add_argument("--drop-regenerated", action="store_true",
+                          help="leave out pairs whose whole image changed (see README, quality)")
+    annotate.add_argument("--overwrite", action="store_true",
+                          help="start over in OUT instead of resuming (needed when the settings changed)")
     annotate.add_argument("--no-negatives", action="store_true",
                           help="do not list the original images as authentic ('Negative') samples")
     annotate.set_defaults(run=command_annotate)
+
+    relocate = commands.add_parser("relocate", help="rewrite OUT/dataset.json's absolute paths after OUT was moved")
+    relocate.add_argument("out", metavar="OUT", help="an annotate output folder, at its new place")
+    relocate.set_defaults(run=command_relocate)
 
     evaluate = commands.add_parser("eval", help="pixel F1/IoU/AUC against the manifest's ground-truth masks")
     evaluate.add_argument("--manifest", required=True, help="JSONL or CSV whose rows have a mask column")

@@ -6,6 +6,7 @@ trained by this package on synthetic edits (`sigma_fast.data.synth`; built by
 `scripts/build_demo.py`). It shows the pipeline end to end with no download; it is not a model
 for real photographs. For real corpora, train on MagicBrush with the DINOv2-B config.
 """
+import functools
 import json
 import os
 import shutil
@@ -35,12 +36,14 @@ def report_items(out_dir):
     items = []
     with open(os.path.join(out_dir, "metadata.jsonl")) as handle:
         for row in map(json.loads, handle):
-            prior_path = row.get("prior")
+            if row["mask"] is None:  # filtered out of the dataset
+                continue
+            path = functools.partial(os.path.join, out_dir)  # metadata paths are relative to the output folder
             items.append({
                 "key": row["key"], "instruction": row["instruction"], "edit": row["edit"], "score": row["score"],
-                "original": load_image(row["original"]).numpy(), "edited": load_image(row["image"]).numpy(),
-                "mask": np.asarray(Image.open(row["mask"])),
-                "prior": np.asarray(Image.open(prior_path), dtype=np.float32) / 255 if prior_path else None,
+                "original": load_image(path(row["original"])).numpy(), "edited": load_image(path(row["image"])).numpy(),
+                "mask": np.asarray(Image.open(path(row["mask"]))),
+                "prior": np.asarray(Image.open(path(row["prior"])), dtype=np.float32) / 255 if row["prior"] else None,
             })
     return items
 
@@ -48,6 +51,6 @@ def report_items(out_dir):
 def run_demo(annotator, out_dir, progress=True):
     """-> (dataset.json path, report.html path, RunSummary)."""
     manifest = copy_samples(out_dir)
-    summary = annotate_manifest(annotator, manifest, out_dir, batch_size=annotator.batch_size, progress=progress)
+    summary = annotate_manifest(annotator, manifest, out_dir, progress=progress)
     page = write_report(out_dir, report_items(out_dir), title="sigma_fast demo (toy model, synthetic edits)")
     return os.path.join(summary.out_dir, "dataset.json"), page, summary

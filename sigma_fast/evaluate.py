@@ -11,12 +11,34 @@ from concurrent.futures import ThreadPoolExecutor
 from tqdm.auto import tqdm
 
 from sigma_fast.data.manifest import read_manifest
-from sigma_fast.io.images import ImageLoadError, load_mask
+from sigma_fast.io.images import ImageLoadError, decode_image, load_mask
 from sigma_fast.metrics import PixelMetrics
-from sigma_fast.pipeline import batches, decode_pair, split_decoded
 
 CHANGED_LEVEL = 8  # |original - edited| above this (0-255, any channel) counts as a changed pixel
 REGENERATED_FRACTION = 0.5
+
+
+def decode_pair(record):
+    """Manifest records of file paths -> (record, original, edited) or (record, failed path, reason)."""
+    decoded = []
+    for path in (record.original, record.edited):
+        try:
+            decoded.append(decode_image(path))
+        except ImageLoadError as error:
+            return record, path, error.reason
+    return (record, *decoded)
+
+
+def split_decoded(decoded):
+    """`decode_pair` results -> (ready (record, original, edited, ...) tuples, (record, path, reason) failures)."""
+    ready = [item for item in decoded if not isinstance(item[1], str)]
+    failures = [item for item in decoded if isinstance(item[1], str)]
+    return ready, failures
+
+
+def batches(items, size):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 def changed_outside(original, edited, gt):

@@ -57,11 +57,11 @@ def test_annotate_writes_an_imdl_benco_dataset(corpus, tiny_checkpoint, tmp_path
     dataset = json.loads((out / "dataset.json").read_text())
     metadata = read_jsonl(out / "metadata.jsonl")
     failures = read_jsonl(out / "failures.jsonl")
-    assert len(metadata) == 5
-    assert len(dataset) == 10
+    assert len(metadata) == 4
+    assert len(dataset) == 8
     positives = [entry for entry in dataset if entry[1] != "Negative"]
     negatives = [entry for entry in dataset if entry[1] == "Negative"]
-    assert len(positives) == len(negatives) == 5
+    assert len(positives) == len(negatives) == 4
     for image_path, mask_path in positives:
         assert os.path.isfile(image_path) and os.path.isfile(mask_path)
         image, mask = Image.open(image_path), Image.open(mask_path)
@@ -70,51 +70,56 @@ def test_annotate_writes_an_imdl_benco_dataset(corpus, tiny_checkpoint, tmp_path
     for image_path, _ in negatives:
         assert os.path.isfile(image_path)
 
-    rotated = next(row for row in metadata if row["key"] == "rotated_1")
+    rotated = next(row for row in metadata if row["key"] == "rotated/1")
+    assert rotated["name"].startswith("rotated_1-")
     assert (rotated["height"], rotated["width"]) == (50, 30)
-    assert rotated["image"].startswith(str(out / "images"))
+    assert rotated["image_copy"] == {"edited": "rgb_png", "original": "bytes"}
     assert rotated["edit"]["action"] == "remove"
-    assert all({"instruction", "edit", "score", "source_original", "source_edited", "line"} <= set(r) for r in metadata)
+    assert all({"index", "instruction", "edit", "score", "regenerated", "meta"} <= set(r) for r in metadata)
+    assert [row["index"] for row in metadata] == sorted(row["index"] for row in metadata)
 
-    reasons = {failure["key"]: failure for failure in failures}
-    assert len(failures) == 4
-    corrupt = next(f for f in failures if f["path"].endswith("corrupt.png"))
-    assert "not a readable image" in corrupt["reason"] or "corrupt" in corrupt["reason"]
-    missing = next(f for f in failures if f["path"].endswith("missing.png"))
-    assert missing["reason"] == "file not found"
-    assert any("invalid JSON" in f["reason"] for f in reasons.values())
-    assert any("missing field" in f["reason"] for f in reasons.values())
+    assert len(failures) == 5 and [f["index"] for f in failures] == sorted(f["index"] for f in failures)
+    reasons = [failure["reason"] for failure in failures]
+    assert any("not a readable image" in r or "corrupt" in r for r in reasons)
+    assert any("missing.png" in r for r in reasons)
+    assert any("invalid JSON" in r for r in reasons)
+    assert any("missing field" in r for r in reasons)
+    assert any("empty instruction" in r for r in reasons)
+    stats = json.loads((out / "stats.json").read_text())
+    assert (stats["rows"], stats["kept"], stats["failed"]) == (9, 4, 5)
 
 
 def test_rerun_resumes_without_redoing_work(corpus, tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
     args = ("annotate", "--manifest", str(corpus / "pairs.jsonl"), "--checkpoint", tiny_checkpoint,
-            "--out", str(out), "--quiet")
+            "--out", str(out), "--quiet", "--shard-size", "2")
     run_cli(*args, "--limit", "2")
     assert len(read_jsonl(out / "metadata.jsonl")) == 2
     capsys.readouterr()
     run_cli(*args)
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["skipped_finished"] == 2 and summary["annotated"] == 3
+    assert summary["skipped_finished"] == 2 and summary["annotated"] == 2 and summary["rows"] == 9
     keys = [row["key"] for row in read_jsonl(out / "metadata.jsonl")]
-    assert len(keys) == len(set(keys)) == 5
+    assert len(keys) == len(set(keys)) == 4
 
 
-def test_torn_metadata_line_is_repaired(corpus, tiny_checkpoint, tmp_path):
+def test_a_leftover_partial_shard_is_discarded(corpus, tiny_checkpoint, tmp_path):
     out = tmp_path / "out"
     args = ("annotate", "--manifest", str(corpus / "pairs.jsonl"), "--checkpoint", tiny_checkpoint,
-            "--out", str(out), "--quiet")
-    run_cli(*args, "--limit", "1")
-    with open(out / "metadata.jsonl", "a") as handle:
-        handle.write('{"key": "torn", "ima')  # a crash mid-write
+            "--out", str(out), "--quiet", "--shard-size", "4")
+    run_cli(*args, "--limit", "4")
+    partial = out / "shards" / ".00001.partial"
+    partial.mkdir()
+    (partial / "metadata.jsonl").write_text('{"key": "torn", "ima')  # a kill mid-write
     run_cli(*args)
-    assert len(read_jsonl(out / "metadata.jsonl")) == 5
+    assert not partial.exists()
+    assert len(read_jsonl(out / "metadata.jsonl")) == 4
 
 
 def test_missing_manifest_is_a_clear_error(tiny_checkpoint, tmp_path, capsys):
     assert run_cli("annotate", "--manifest", str(tmp_path / "nope.jsonl"), "--checkpoint", tiny_checkpoint,
                    "--out", str(tmp_path / "o")) == 2
-    assert "not found" in capsys.readouterr().err
+    assert "matches no file" in capsys.readouterr().err
 
 
 def test_console_script_runs_with_a_csv_manifest(corpus, tiny_checkpoint, tmp_path):

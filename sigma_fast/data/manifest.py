@@ -1,12 +1,12 @@
 """Reading pair manifests: JSONL or CSV rows with `original`, `edited`, `instruction`, optional
 `mask` and optional `key`. Relative paths resolve against the manifest's folder; a row without a
 `key` gets a stable one from its line number. Malformed rows come back as failures, not errors."""
-import csv
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Optional
+
+from sigma_fast.io.corpora.manifest import manifest_rows
 
 REQUIRED_FIELDS = ("original", "edited", "instruction")
 UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -38,25 +38,6 @@ def safe_key(key):
     return cleaned
 
 
-def _rows(path):
-    # yields (line_number, dict or parse error message)
-    if path.lower().endswith(".csv"):
-        with open(path, newline="") as handle:
-            for line, row in enumerate(csv.DictReader(handle), start=2):
-                yield line, row
-        return
-    with open(path) as handle:
-        for line, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as error:
-                yield line, f"invalid JSON ({error})"
-                continue
-            yield line, row if isinstance(row, dict) else f"a row must be a JSON object, got {type(row).__name__}"
-
-
 def read_manifest(path):
     """-> (records, failures): PairRecords in file order and RowFailures for malformed rows."""
     if not os.path.isfile(path):
@@ -67,7 +48,7 @@ def read_manifest(path):
     def resolve(value):
         return value if os.path.isabs(value) else os.path.join(folder, value)
 
-    for line, row in _rows(path):
+    for line, row in manifest_rows(path):
         if isinstance(row, str):
             failures.append(RowFailure(f"line{line:08d}", path, f"line {line}: {row}"))
             continue

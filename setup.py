@@ -52,6 +52,10 @@ def _extension_setup():
         _say(f"skipping the CUDA ops ({why}); building the C++ CPU ops only")
 
     if has_cuda:
+        nvcc_flags = ["-O3"]
+        # CI (.ci/cuda_build.sh) reads ptxas's registers and spills per kernel from the build log.
+        if os.environ.get("SIGMA_FAST_PTXAS_VERBOSE") == "1":
+            nvcc_flags += ["-Xptxas", "-v"]
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
         _say(f"building the CUDA ops for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
         include_dirs = [os.path.abspath("csrc")]
@@ -64,7 +68,7 @@ def _extension_setup():
             define_macros=define_macros + [("WITH_CUDA", None)],
             # No --use_fast_math: the kernels are memory-bound, and exact expf/division keep them
             # bit-compatible with the PyTorch references (masks are compared exactly).
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
             extra_link_args=["-fopenmp"],
         )
     else:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CI: prove that sigma_fast._C compiles and links as a CUDA extension, on a machine without a GPU.
 # A throwaway venv gets the CUDA build of torch; the extension is built with nvcc for sm_90a into a
-# temp dir (the working tree's own build is left alone), then checked for its CUDA code and imported.
+# temp dir (the working tree's own build is left alone) with ptxas reporting each kernel's registers
+# and spills (any spill fails the build), then checked for its CUDA code and imported.
 # Nothing runs on a device.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,9 +27,41 @@ CUOBJDUMP="$(command -v cuobjdump || echo "$SITE/nvidia/cu13/bin/cuobjdump")"
 python -c "import torch; assert torch.version.cuda, 'torch==2.14.1 is not a CUDA build'; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
 # setup.py adds site-packages/nvidia/cu*/include (the CUDA headers of pip's torch) to the include dirs.
 
-export TORCH_CUDA_ARCH_LIST=9.0a SIGMA_FAST_CUDA=1
-python setup.py -q build_ext --build-temp "$WORK/build" --build-lib "$WORK/lib"
+export TORCH_CUDA_ARCH_LIST=9.0a SIGMA_FAST_CUDA=1 SIGMA_FAST_PTXAS_VERBOSE=1
+python setup.py -q build_ext --build-temp "$WORK/build" --build-lib "$WORK/lib" 2>&1 | tee "$WORK/build.log"
 SO="$(ls "$WORK"/lib/sigma_fast/_C*.so)"
+
+# ptxas (-Xptxas -v) per kernel: print its registers, fail on any spill.
+python - "$WORK/build.log" <<'EOF'
+import re
+import shutil
+import subprocess
+import sys
+
+kernels, name = {}, None
+for line in open(sys.argv[1]):
+    if match := re.search(r"Compiling entry function '([^']+)' for '(sm_\w+)'", line):
+        name = (match[1], match[2])
+    elif name and (match := re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)):
+        kernels.setdefault(name, {})["spills"] = (int(match[1]), int(match[2]))
+    elif name and (match := re.search(r"Used (\d+) registers.*", line)):
+        kernels.setdefault(name, {})["used"] = match[0]
+if not kernels:
+    sys.exit("cuda_build: no ptxas report in the build log (was -Xptxas -v passed?)")
+symbols = [symbol for symbol, _ in kernels]
+if shutil.which("c++filt"):
+    symbols = subprocess.run(["c++filt"], input="\n".join(symbols), text=True, capture_output=True,
+                             check=True).stdout.splitlines()
+spilled = []
+for symbol, ((_, arch), report) in zip(symbols, kernels.items()):
+    stores, loads = report.get("spills", (0, 0))
+    print(f"ptxas {arch}: {symbol}: {report.get('used', '?')}; spill stores {stores} B, loads {loads} B")
+    if stores or loads:
+        spilled.append(symbol)
+if spilled:
+    sys.exit("cuda_build: ptxas spills registers in " + "; ".join(spilled))
+print(f"ptxas: {len(kernels)} kernels, no spills")
+EOF
 
 # The CUDA kernels are in the library, as sm_90a machine code, ...
 # (Listings go to files first: `grep -q` on a pipe would end the writer early, which pipefail

@@ -1,6 +1,6 @@
 // The sigma_fast._C module: the ops' input checks (the same errors as the PyTorch references in
 // sigma_fast/ops/reference.py: ValueError / TypeError), output allocation, and dispatch by device to
-// the C++ CPU twins or the CUDA kernels.
+// the C++ CPU twins or the CUDA kernels. Messages are built by check.h, without iostreams.
 #include <ATen/ops/empty.h>
 #include <pybind11/stl.h>
 #include <torch/csrc/utils/pybind.h>
@@ -10,6 +10,7 @@
 #include <tuple>
 #include <vector>
 
+#include "check.h"
 #include "ops.h"
 
 namespace sigma_fast {
@@ -24,27 +25,27 @@ constexpr bool kWithCuda = false;
 #endif
 
 void check_device(const at::Device& device, const char* op) {
-  TORCH_CHECK(device.is_cpu() || (kWithCuda && device.is_cuda()), op, ": sigma_fast._C has no ",
-              device.type(), " implementation",
-              kWithCuda ? "" : " (it was built without CUDA: rebuild it where torch is a CUDA build and "
-                               "a CUDA toolkit is installed, or use sigma_fast.ops.reference)");
+  SF_CHECK(device.is_cpu() || (kWithCuda && device.is_cuda()), op, ": sigma_fast._C has no ",
+           at::Device(device.type()), " implementation",
+           kWithCuda ? "" : " (it was built without CUDA: rebuild it where torch is a CUDA build and "
+                            "a CUDA toolkit is installed, or use sigma_fast.ops.reference)");
 }
 
 void check_same_device(const at::Device& device, const at::Tensor& tensor, const char* name) {
-  TORCH_CHECK_VALUE(tensor.device() == device, name, " is on ", tensor.device(), " but the other inputs on ",
-                    device);
+  SF_CHECK_VALUE(tensor.device() == device, name, " is on ", tensor.device(), " but the other inputs on ",
+                 device);
 }
 
 void check_images(const std::vector<at::Tensor>& images, const char* name) {
-  TORCH_CHECK_VALUE(!images.empty(), name, ": empty list of images");
+  SF_CHECK_VALUE(!images.empty(), name, ": empty list of images");
   for (size_t i = 0; i < images.size(); ++i) {
     const at::Tensor& image = images[i];
-    TORCH_CHECK_TYPE(image.scalar_type() == at::kByte, name, "[", i, "]: expected dtype uint8, got ",
-                     image.scalar_type());
-    TORCH_CHECK_VALUE(image.dim() == 3 && image.size(2) == 3, name, "[", i, "]: expected shape (H, W, 3), got ",
-                      image.sizes());
-    TORCH_CHECK_VALUE(image.size(0) > 0 && image.size(1) > 0, name, "[", i, "]: empty image of shape ",
-                      image.sizes());
+    SF_CHECK_TYPE(image.scalar_type() == at::kByte, name, "[", i, "]: expected dtype uint8, got ",
+                  image.scalar_type());
+    SF_CHECK_VALUE(image.dim() == 3 && image.size(2) == 3, name, "[", i, "]: expected shape (H, W, 3), got ",
+                   image.sizes());
+    SF_CHECK_VALUE(image.size(0) > 0 && image.size(1) > 0, name, "[", i, "]: empty image of shape ",
+                   image.sizes());
   }
 }
 
@@ -55,10 +56,10 @@ std::tuple<at::Tensor, at::Tensor> preprocess_pairs(const std::vector<at::Tensor
                                                     at::ScalarType dtype) {
   check_images(originals, "originals");
   check_images(editeds, "editeds");
-  TORCH_CHECK_VALUE(originals.size() == editeds.size(), originals.size(), " originals but ", editeds.size(),
-                    " edited images");
-  TORCH_CHECK_VALUE(size > 0, "size must be positive, got ", size);
-  TORCH_CHECK_TYPE(at::isFloatingType(dtype), "dtype must be a floating point type, got ", dtype);
+  SF_CHECK_VALUE(originals.size() == editeds.size(), originals.size(), " originals but ", editeds.size(),
+                 " edited images");
+  SF_CHECK_VALUE(size > 0, "size must be positive, got ", size);
+  SF_CHECK_TYPE(at::isFloatingType(dtype), "dtype must be a floating point type, got ", dtype);
   const at::Device device = originals[0].device();
   check_device(device, "preprocess_pairs");
   // Both images of every pair go into one launch: originals first, then the edited images.
@@ -79,18 +80,18 @@ std::tuple<at::Tensor, at::Tensor> preprocess_pairs(const std::vector<at::Tensor
 std::tuple<std::vector<at::Tensor>, at::Tensor, std::vector<at::Tensor>> postprocess_masks(
     const at::Tensor& logits, const std::vector<std::array<int64_t, 2>>& sizes, double threshold,
     bool return_probs) {
-  TORCH_CHECK_VALUE(logits.dim() == 4 && logits.size(1) == 1, "logits must be a (B, 1, h, w) tensor, got ",
-                    logits.sizes());
-  TORCH_CHECK_TYPE(logits.is_floating_point(), "logits must be floating point, got ", logits.scalar_type());
-  TORCH_CHECK_VALUE(static_cast<int64_t>(sizes.size()) == logits.size(0), logits.size(0), " logit maps but ",
-                    sizes.size(), " sizes");
-  TORCH_CHECK_VALUE(logits.numel() > 0, "logits must not be empty, got shape ", logits.sizes());
+  SF_CHECK_VALUE(logits.dim() == 4 && logits.size(1) == 1, "logits must be a (B, 1, h, w) tensor, got ",
+                 logits.sizes());
+  SF_CHECK_TYPE(logits.is_floating_point(), "logits must be floating point, got ", logits.scalar_type());
+  SF_CHECK_VALUE(static_cast<int64_t>(sizes.size()) == logits.size(0), logits.size(0), " logit maps but ",
+                 sizes.size(), " sizes");
+  SF_CHECK_VALUE(logits.numel() > 0, "logits must not be empty, got shape ", logits.sizes());
   std::vector<ImageSize> images;
   std::vector<int64_t> offsets{0};
   for (const auto& [height, width] : sizes) {
-    TORCH_CHECK_VALUE(height > 0 && width > 0, "invalid output size (", height, ", ", width, ")");
-    TORCH_CHECK_VALUE(height * width < (int64_t{1} << 31), "output size (", height, ", ", width,
-                      ") has 2^31 pixels or more");
+    SF_CHECK_VALUE(height > 0 && width > 0, "invalid output size (", height, ", ", width, ")");
+    SF_CHECK_VALUE(height * width < (int64_t{1} << 31), "output size (", height, ", ", width,
+                   ") has 2^31 pixels or more");
     images.push_back({height, width});
     offsets.push_back(offsets.back() + height * width);
   }
@@ -116,19 +117,19 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, std::vector<at::Tensor>> postpro
 
 at::Tensor vae_roundtrip_composite(const at::Tensor& x_vae, const std::optional<at::Tensor>& x_edit,
                                    const std::optional<at::Tensor>& edit_mask) {
-  TORCH_CHECK_VALUE(x_vae.dim() == 4 && x_vae.size(1) == 3, "x_vae must be (B, 3, H, W), got ", x_vae.sizes());
-  TORCH_CHECK_TYPE(x_vae.is_floating_point(), "x_vae must be floating point, got ", x_vae.scalar_type());
-  TORCH_CHECK_VALUE(x_edit.has_value() == edit_mask.has_value(), "x_edit and edit_mask go together");
+  SF_CHECK_VALUE(x_vae.dim() == 4 && x_vae.size(1) == 3, "x_vae must be (B, 3, H, W), got ", x_vae.sizes());
+  SF_CHECK_TYPE(x_vae.is_floating_point(), "x_vae must be floating point, got ", x_vae.scalar_type());
+  SF_CHECK_VALUE(x_edit.has_value() == edit_mask.has_value(), "x_edit and edit_mask go together");
   const int64_t batch = x_vae.size(0), height = x_vae.size(2), width = x_vae.size(3);
   const at::Device device = x_vae.device();
   check_device(device, "vae_roundtrip_composite");
   at::Tensor edit, mask;
   if (x_edit.has_value()) {
-    TORCH_CHECK_VALUE(x_edit->scalar_type() == at::kByte && x_edit->sizes() == at::IntArrayRef({batch, height, width, 3}),
-                      "x_edit must be uint8 ", at::IntArrayRef({batch, height, width, 3}), ", got ",
-                      x_edit->scalar_type(), " ", x_edit->sizes());
-    TORCH_CHECK_VALUE(edit_mask->sizes() == at::IntArrayRef({batch, height, width}), "edit_mask must be ",
-                      at::IntArrayRef({batch, height, width}), ", got ", edit_mask->sizes());
+    SF_CHECK_VALUE(x_edit->scalar_type() == at::kByte && x_edit->sizes() == at::IntArrayRef({batch, height, width, 3}),
+                   "x_edit must be uint8 ", at::IntArrayRef({batch, height, width, 3}), ", got ",
+                   x_edit->scalar_type(), " ", x_edit->sizes());
+    SF_CHECK_VALUE(edit_mask->sizes() == at::IntArrayRef({batch, height, width}), "edit_mask must be ",
+                   at::IntArrayRef({batch, height, width}), ", got ", edit_mask->sizes());
     check_same_device(device, *x_edit, "x_edit");
     check_same_device(device, *edit_mask, "edit_mask");
     edit = x_edit->contiguous();

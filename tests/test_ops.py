@@ -1,7 +1,11 @@
 """sigma_fast.ops: the C++ CPU twins (and, on a GPU, the CUDA kernels) of sigma_fast._C against the
 PyTorch references in sigma_fast.ops.reference (uint8 outputs exactly, floats to 1e-5), the dispatch
 by device, and the errors on inputs outside the contract."""
+import subprocess
+import sys
+import textwrap
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -111,7 +115,7 @@ def test_preprocess_strided_images():
 @pytest.mark.parametrize("return_probs", [False, True])
 @pytest.mark.parametrize("logit_size, sizes, threshold", [
     ((37, 37), ODD_SIZES, 0.5),
-    ((148, 148), [(512, 512), (512, 512), (300, 700)], 0.5),
+    ((518, 518), [(512, 512), (768, 1024), (300, 700)], 0.5),
     ((20, 30), [(45, 61), (10, 10), (1, 999)], 0.3),
     ((8, 8), [(64, 64), (4, 4)], 0.9),
 ], ids=["odd", "decoder", "small", "high_threshold"])
@@ -210,12 +214,62 @@ def test_inputs_outside_the_contract(case, implementation):
         function(*args)
 
 
+# pybind11 rejects a non-tensor before the op runs (its own TypeError); the wrappers route it to the reference.
+COMPILED_BAD_CALLS = sorted(case for case in BAD_CALLS if case != "not_a_tensor")
+
+
 @needs_ext
-def test_compiled_ops_check_their_inputs_too():
-    with pytest.raises(ValueError, match="empty list of images"):
-        _ext._C.preprocess_pairs([], [])
-    with pytest.raises(TypeError, match="dtype must be a floating point type"):
+@pytest.mark.parametrize("case", COMPILED_BAD_CALLS)
+def test_compiled_ops_check_their_inputs(case):
+    name, args, error, message = BAD_CALLS[case]
+    with pytest.raises(error, match=message):
+        getattr(_ext._C, name)(*args)
+
+
+@needs_ext
+def test_compiled_ops_check_size_and_dtype():
+    with pytest.raises(TypeError, match="dtype must be a floating point type, got Int"):
         _ext._C.preprocess_pairs([IMAGE], [IMAGE], 518, torch.int32)
+    with pytest.raises(ValueError, match="size must be positive, got -3"):
+        _ext._C.preprocess_pairs([IMAGE], [IMAGE], -3)
+    with pytest.raises(ValueError, match=r"output size \(70000, 40000\) has 2\^31 pixels or more"):
+        _ext._C.postprocess_masks(torch.zeros(1, 1, 4, 4), [(70000, 40000)])
+
+
+@needs_ext
+def test_compiled_error_messages_do_not_crash_the_process():
+    """Every bad call of the compiled ops in a fresh interpreter: a crash while formatting a message
+    (as g++ 13 builds did, SIGSEGV in std::ostream::_M_insert<long>) fails here instead of killing
+    the test session."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_ops import BAD_CALLS, COMPILED_BAD_CALLS
+        from sigma_fast import _ext
+        for case in COMPILED_BAD_CALLS:
+            name, args, error, message = BAD_CALLS[case]
+            try:
+                getattr(_ext._C, name)(*args)
+            except error as raised:
+                assert re.search(message, str(raised)), (case, str(raised))
+            else:
+                raise AssertionError(case + ": no error")
+        print("ok", len(COMPILED_BAD_CALLS))
+    """)
+    result = subprocess.run([sys.executable, "-c", "import re\n" + script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, f"exit status {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert result.stdout.strip() == f"ok {len(COMPILED_BAD_CALLS)}"
+
+
+def test_csrc_checks_build_messages_without_streams():
+    """TORCH_CHECK with several message parts formats them through an ostringstream; csrc/check.h's
+    SF_CHECK* concatenate a std::string instead (see its comment), so csrc uses only those."""
+    csrc = Path(__file__).parents[1] / "csrc"
+    offenders = [f"{path.relative_to(csrc)}:{number}"
+                 for path in sorted(csrc.rglob("*")) if path.suffix in (".cpp", ".cu", ".h") and path.name != "check.h"
+                 for number, line in enumerate(path.read_text().splitlines(), 1) if "TORCH_CHECK" in line]
+    assert offenders == []
 
 
 # ---- dispatch -----------------------------------------------------------------------------------
@@ -297,9 +351,10 @@ def test_cuda_preprocess_matches_reference(sizes):
 @needs_cuda_ops
 @pytest.mark.parametrize("return_probs", [False, True])
 @pytest.mark.parametrize("logit_dtype", [torch.float32, torch.bfloat16])
-def test_cuda_postprocess_matches_reference(return_probs, logit_dtype):
+@pytest.mark.parametrize("logit_side", [37, 518], ids=["small", "decoder"])
+def test_cuda_postprocess_matches_reference(return_probs, logit_dtype, logit_side):
     sizes = ODD_SIZES + MIXED_SIZES
-    logits = random_logits(len(sizes), 37, 37, seed=12).to(logit_dtype).cuda()
+    logits = random_logits(len(sizes), logit_side, logit_side, seed=12).to(logit_dtype).cuda()
     logits[1] = -6.0  # an empty mask
     result = ops.postprocess_masks(logits, sizes, return_probs=return_probs)
     assert result[0][0].is_cuda and result[1].is_cuda

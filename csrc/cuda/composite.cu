@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "check.h"
 #include "cuda/launch.h"
 #include "ops.h"
 #include "resample.h"
@@ -37,7 +38,7 @@ void composite_cuda(const at::Tensor& x_vae, const at::Tensor& x_edit, const at:
                     at::Tensor& out) {
   const c10::cuda::CUDAGuard guard(x_vae.device());
   const int64_t batch = x_vae.size(0), plane = x_vae.size(2) * x_vae.size(3);
-  TORCH_CHECK_VALUE(batch <= 65535, "vae_roundtrip_composite: at most 65535 images per call on CUDA, got ", batch);
+  SF_CHECK_VALUE(batch <= 65535, "vae_roundtrip_composite: at most 65535 images per call on CUDA, got ", batch);
   const dim3 grid(ceil_div(plane, kThreads), batch);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_vae.scalar_type(), "composite_cuda", [&] {

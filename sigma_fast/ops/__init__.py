@@ -3,10 +3,10 @@ GPU) when the extension is built, else to the PyTorch references in `sigma_fast.
 
 The compiled ops and the references take the same arguments, give the same results (floats to
 1e-5, uint8 exactly) and raise the same errors (ValueError / TypeError) on inputs outside the
-contract. The wrappers below run the references' input checks before a compiled op: the C++
-twins check again (for direct callers of `sigma_fast._C`), but an error raised here in Python is
-the same on every build. (On the H200 image of 2026-11-27, torch 2.11 + g++ 13, formatting a
-number into a C++ error message crashed the process: see bench/RESULTS.md.)
+contract: the compiled ops check their own inputs (csrc/ops.cpp), with messages built without
+iostreams (csrc/check.h: formatting a number through a stream in the extension crashed the process
+on the H200 image of 2026-11-27, torch 2.11 + g++ 13; see bench/RESULTS.md). Inputs that are not
+tensors at all go to the references, which name the problem.
 """
 import torch
 
@@ -30,7 +30,6 @@ def _compiled_ops(*tensors):
 def preprocess_pairs(originals, editeds, size=518, dtype=torch.float32):
     """Lists of uint8 (H_i, W_i, 3) -> (x_orig, x_edit), each (B, 3, size, size) in `dtype`:
     antialiased bilinear resize, then ImageNet normalisation; all images in one launch."""
-    reference.check_pairs(originals, editeds)
     ops = _compiled_ops(*originals, *editeds)
     if ops is None:
         return reference.preprocess_pairs(originals, editeds, size, dtype)
@@ -40,7 +39,6 @@ def preprocess_pairs(originals, editeds, size=518, dtype=torch.float32):
 def postprocess_masks(logits, sizes, threshold=0.5, return_probs=False):
     """(B, 1, h, w) logits -> per-image uint8 {0, 255} masks at (H_i, W_i) and scores (B,); with
     `return_probs`, the float32 probability maps as a third list."""
-    reference.check_logits_and_sizes(logits, sizes)
     ops = _compiled_ops(logits)
     if ops is None:
         return reference.postprocess_masks(logits, sizes, threshold, return_probs)
@@ -52,7 +50,6 @@ def postprocess_masks(logits, sizes, threshold=0.5, return_probs=False):
 def vae_roundtrip_composite(x_vae, x_edit=None, edit_mask=None):
     """VAE decoder output (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3) as an editor saves it,
     with `x_edit` (uint8 (B, H, W, 3)) pasted where `edit_mask` (B, H, W) > 0.5."""
-    reference.check_composite(x_vae, x_edit, edit_mask)
     ops = _compiled_ops(x_vae, *(tensor for tensor in (x_edit, edit_mask) if tensor is not None))
     if ops is None:
         return reference.vae_roundtrip_composite(x_vae, x_edit, edit_mask)

@@ -1,17 +1,22 @@
 """The row-wise fused kernels of our DINOv2 forward against their unfused PyTorch equivalents, in
-one run, at the backbone's production shape: M = 64 images x 1370 tokens (32 pairs), bf16.
+one run, at the backbone's production shapes (`bench/shapes.py`): M = 2 * pairs * 1370 rows at
+32 and 64 pairs, C = 768, bf16.
 
-Operations, each with an `unfused` row (the baseline, written as the unfused model computes it)
-measured before its `fused` row:
-- `residual_layer_norm`: x + gamma * y, then `F.layer_norm` (C = 768);
-- `layer_norm`: `F.layer_norm` alone (the block's first LayerNorm, no residual);
-- `residual_layer_norm_fp8`: the block boundary, then per-row e4m3 quantisation of h;
-- `quantize_fp8_gelu`: `F.gelu` of fc1's output (K = 3072), then per-row e4m3 quantisation;
-- `quantize_fp8`: per-row e4m3 quantisation of a 768-wide activation.
+Operations (`shapes.VARIANTS`' row ops), each with an `unfused` row (the baseline, written as the
+unfused model computes it) measured before its `fused` row:
+- `residual_layer_norm-boundary`: x + gamma * y, then `F.layer_norm`; floor 4*M*C*2 bytes;
+- `residual_layer_norm-first`: `F.layer_norm` alone (the first LayerNorm); floor 2*M*C*2 bytes;
+- `residual_layer_norm_fp8-boundary` / `-first`: the same, h written as per-row e4m3 with an fp32
+  scale; floor M*C*(3*2 + 1) (boundary) or M*C*(2 + 1) bytes plus 4*M;
+- `quantize_fp8_rows-fc1_gelu`: `F.gelu` of fc1's output (K = 3072), then per-row e4m3;
+  floor M*K*(2 + 1) + 4*M bytes;
+- `quantize_fp8_rows-attention_out`: per-row e4m3 of a 768-wide activation.
+Floors are those bytes over 4.19e12 B/s (PERF.md's H200 copy bandwidth): 0.129 ms for the
+boundary at 32 pairs.
 
-extra_info: `pairs`, `baseline` (the benchmark compared with), `floor_s` (bytes the fused kernel
-must move / 4.19e12 B/s, PERF.md's H200 copy bandwidth; one floor per operation), and from CUDA
-events: `median_ms`, `share_of_floor` (floor_s / median), `ratio_to_<baseline>`.
+Timing (`timing.per_call_seconds`): a CUDA graph of 20 back-to-back calls replayed between CUDA
+events. extra_info: `pairs`, `median_ms`, `pairs_per_s`, `floor_s`, `share_of_floor`,
+`ratio_to_unfused` (same run), `timing`.
 Run on a GPU with `pytest bench/bench_rowwise.py --benchmark-only`; skips without CUDA.
 """
 
@@ -19,52 +24,32 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import shapes
 from sigma_fast import kernels
-from timing import median_seconds
+from timing import per_call_seconds
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="benchmarks need a CUDA GPU")
 
 COPY_BANDWIDTH = 4.19e12  # B/s, device-to-device copy (read + write)
-ROUNDS, WARMUP_ROUNDS = 20, 3
-PAIRS, TOKENS, WIDTH, HIDDEN = 32, 1370, 768, 3072
-ROWS = 2 * PAIRS * TOKENS
-EPS = 1e-6
 E4M3_MAX = 448.0
 HALF, BYTE, FLOAT = 2, 1, 4  # bytes per bf16, e4m3 and fp32 element
-# Bytes each fused kernel must move (parameters are negligible).
-FLOORS = {
-    "residual_layer_norm": 4 * ROWS * WIDTH * HALF / COPY_BANDWIDTH,
-    "layer_norm": 2 * ROWS * WIDTH * HALF / COPY_BANDWIDTH,
-    "residual_layer_norm_fp8": (ROWS * WIDTH * (3 * HALF + BYTE) + ROWS * FLOAT) / COPY_BANDWIDTH,
-    "quantize_fp8_gelu": (ROWS * HIDDEN * (HALF + BYTE) + ROWS * FLOAT) / COPY_BANDWIDTH,
-    "quantize_fp8": (ROWS * WIDTH * (HALF + BYTE) + ROWS * FLOAT) / COPY_BANDWIDTH,
-}
-# Seconds per call (CUDA events) of the rows measured so far in this process, by benchmark name.
-MEDIANS = {}
+ROW_OPS = ("residual_layer_norm", "residual_layer_norm_fp8", "quantize_fp8_rows")
+VARIANTS = [v for v in shapes.VARIANTS if v.op in ROW_OPS]
+MEDIANS = {}  # (op, mode, pairs, implementation) -> seconds per call
 
 
-def measure(benchmark, request, fn, operation):
-    """Times fn() with CUDA events in pytest-benchmark's rounds; records the row's extra_info."""
-    median = median_seconds(benchmark, fn, ROUNDS, WARMUP_ROUNDS)
-    MEDIANS[request.node.name] = median
-    baseline = f"test_unfused[{operation}]"
-    floor_s = FLOORS[operation]
-    benchmark.extra_info.update(pairs=PAIRS, baseline=baseline, floor_s=floor_s, median_ms=median * 1e3,
-                                share_of_floor=floor_s / median)
-    if baseline in MEDIANS:
-        benchmark.extra_info[f"ratio_to_{baseline}"] = MEDIANS[baseline] / median
-
-
-@pytest.fixture(scope="module")
-def inputs():
-    """bf16 activations of one layer (no zeros: they time faster) and bf16 LayerNorm parameters."""
-    generator = torch.Generator(device="cuda").manual_seed(0)
-
-    def randn(*shape, scale=1.0):
-        return torch.randn(*shape, generator=generator, device="cuda").mul_(scale).to(torch.bfloat16)
-
-    return {"x": randn(ROWS, WIDTH, scale=3.0), "y": randn(ROWS, WIDTH), "gamma": randn(WIDTH, scale=0.1),
-            "weight": randn(WIDTH).add_(1.0), "bias": randn(WIDTH, scale=0.1), "hidden": randn(ROWS, HIDDEN)}
+def floor_seconds(variant):
+    rows = shapes.backbone_rows(variant.pairs)
+    width = shapes.MLP_HIDDEN if variant.mode == "fc1_gelu" else shapes.CHANNELS
+    reads = 2 if variant.mode == "boundary" else 1  # x and y, or x
+    writes_x = 1 if variant.mode == "boundary" else 0  # x_out
+    if variant.op == "residual_layer_norm":
+        moved = rows * width * HALF * (reads + writes_x + 1)
+    elif variant.op == "residual_layer_norm_fp8":
+        moved = rows * width * (HALF * (reads + writes_x) + BYTE) + rows * FLOAT
+    else:
+        moved = rows * width * (HALF + BYTE) + rows * FLOAT
+    return moved / COPY_BANDWIDTH
 
 
 def unfused_quantize(values):
@@ -74,35 +59,37 @@ def unfused_quantize(values):
     return scaled.to(torch.float8_e4m3fn), absmax / E4M3_MAX
 
 
-def unfused_boundary(x, y, gamma, weight, bias):
-    x = x + gamma * y
-    return x, F.layer_norm(x, (WIDTH,), weight, bias, EPS)
+def unfused_layer_norm(x, y, gamma, weight, bias, eps):
+    if y is not None:
+        x = x + gamma * y
+    return x, F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
-UNFUSED = {
-    "residual_layer_norm": lambda t: unfused_boundary(t["x"], t["y"], t["gamma"], t["weight"], t["bias"]),
-    "layer_norm": lambda t: F.layer_norm(t["x"], (WIDTH,), t["weight"], t["bias"], EPS),
-    "residual_layer_norm_fp8": lambda t: unfused_quantize(
-        unfused_boundary(t["x"], t["y"], t["gamma"], t["weight"], t["bias"])[1]),
-    "quantize_fp8_gelu": lambda t: unfused_quantize(F.gelu(t["hidden"])),
-    "quantize_fp8": lambda t: unfused_quantize(t["x"]),
-}
-FUSED = {
-    "residual_layer_norm": lambda t: kernels.residual_layer_norm(
-        t["x"], t["y"], t["gamma"], t["weight"], t["bias"], EPS),
-    "layer_norm": lambda t: kernels.residual_layer_norm(t["x"], None, None, t["weight"], t["bias"], EPS),
-    "residual_layer_norm_fp8": lambda t: kernels.residual_layer_norm_fp8(
-        t["x"], t["y"], t["gamma"], t["weight"], t["bias"], EPS),
-    "quantize_fp8_gelu": lambda t: kernels.quantize_fp8_rows(t["hidden"], apply_gelu=True),
-    "quantize_fp8": lambda t: kernels.quantize_fp8_rows(t["x"]),
-}
+def unfused(op, args):
+    if op == "quantize_fp8_rows":
+        x, apply_gelu = args
+        return unfused_quantize(F.gelu(x) if apply_gelu else x)
+    x, h = unfused_layer_norm(*args)
+    return (x, *unfused_quantize(h.flatten(0, 1))) if op == "residual_layer_norm_fp8" else (x, h)
 
 
-@pytest.mark.parametrize("operation", list(UNFUSED))
-def test_unfused(benchmark, request, inputs, operation):
-    measure(benchmark, request, lambda: UNFUSED[operation](inputs), operation)
+@pytest.mark.parametrize("variant,impl", [pytest.param(v, impl, id=f"{v.op}-{v.mode}-{v.pairs}-{impl}")
+                                          for v in VARIANTS for impl in ("unfused", "fused")])
+def test_rowwise(benchmark, variant, impl):
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    args, _ = shapes.inputs(variant, torch.device("cuda"), generator)
+    op = getattr(kernels, variant.op)
 
+    def fn():
+        with torch.inference_mode():
+            return op(*args) if impl == "fused" else unfused(variant.op, args)
 
-@pytest.mark.parametrize("operation", list(FUSED))
-def test_fused(benchmark, request, inputs, operation):
-    measure(benchmark, request, lambda: FUSED[operation](inputs), operation)
+    median, method = per_call_seconds(benchmark, fn)
+    key = (variant.op, variant.mode, variant.pairs)
+    MEDIANS[(*key, impl)] = median
+    floor_s = floor_seconds(variant)
+    benchmark.extra_info.update(op=variant.op, mode=variant.mode, pairs=variant.pairs, median_ms=median * 1e3,
+                                pairs_per_s=variant.pairs / median, floor_s=floor_s,
+                                share_of_floor=floor_s / median, timing=method)
+    if impl == "fused" and (*key, "unfused") in MEDIANS:
+        benchmark.extra_info["ratio_to_unfused"] = MEDIANS[(*key, "unfused")] / median

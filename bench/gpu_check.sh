@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# One-call GPU check for a lent H100/H200 (issue 11): build the CUDA extension, run the GPU tests,
-# run the throughput benchmarks (one pytest-benchmark JSON), profile the core, print a short table
+# One-call GPU check for a lent H100/H200 (issues 11, 12): build the CUDA extension, run the compile
+# gate with the card's Triton, run the GPU tests, run the throughput benchmarks (the core and
+# training, then the fused kernels at production shapes), profile the core, print a short table
 # last. Usage (repo root): bash bench/gpu_check.sh   (writes under $OUT, else /tmp/sigma_fast_gpu)
-# Every phase has its own time limit (90 + 100 + 50 + 250 + 45 s = 535 s in all) so that one slow
-# phase still leaves the results of the others; pytest phases get SIGINT first, so that
-# pytest-benchmark still writes the JSON of the rows that finished.
+# Every phase has its own time limit (90 + 40 + 90 + 40 + 160 + 90 + 25 s = 535 s in all) so that
+# one slow phase still leaves the results of the others; pytest phases get SIGINT first, so that
+# pytest-benchmark still writes the JSON of the rows that finished. The two benchmark JSONs are
+# merged into one run JSON (the name bench/runs/ keeps it under).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-/tmp/sigma_fast_gpu}"
@@ -34,6 +36,11 @@ phase build 90 python -m pip install -q --no-deps --no-build-isolation -e . > "$
   || { echo "install failed"; tail -40 "$OUT_DIR/install.log"; }
 python -c "import sigma_fast._ext as e; print('CUDA ops built:', e.has_cuda_ops())"
 
+# The compile gate with this machine's Triton (CI runs it with its own): sm_90a and sm_80 at once.
+phase "compile gate" 40 python bench/compile_check.py --json "$OUT_DIR/compile_check.json" \
+  > "$OUT_DIR/compile_check.txt" 2>&1
+grep -e "FAIL" -e "kernels compiled" "$OUT_DIR/compile_check.txt" | head -12
+
 # GPU tests. Run whole: the kernel and op files (their kernels run on CUDA tensors when a GPU is
 # there) and the decoder's. Run with -m gpu only: every other test file with gpu-marked tests
 # (the rest of those files needs packages this machine lacks, or full-size CPU runs).
@@ -42,19 +49,27 @@ mapfile -t MARKED < <(grep -l "pytest.mark.gpu" tests/test_*.py | grep -v -e "te
   -e "tests/test_ops.py" -e "tests/test_decoder.py")
 echo "GPU test files, whole: ${WHOLE[*]}"
 echo "GPU test files, -m gpu: ${MARKED[*]}"
-phase "tests (whole files)" 100 python -m pytest -q -p no:cacheprovider "${WHOLE[@]}" 2>&1 \
+phase "tests (whole files)" 90 python -m pytest -q -p no:cacheprovider "${WHOLE[@]}" 2>&1 \
   | tail -25 | tee "$OUT_DIR/gpu_tests.txt"
-phase "tests (-m gpu)" 50 python -m pytest -q -p no:cacheprovider -m gpu "${MARKED[@]}" 2>&1 \
+phase "tests (-m gpu)" 40 python -m pytest -q -p no:cacheprovider -m gpu "${MARKED[@]}" 2>&1 \
   | tail -15 | tee -a "$OUT_DIR/gpu_tests.txt"
 
-# Benchmarks, the core and training first (their ratios need the baselines of the same process).
-phase benchmarks 250 python -m pytest -q -p no:cacheprovider bench/bench_core.py bench/bench_train.py \
-  bench/bench_attention.py bench/bench_linear_epilogue.py bench/bench_rowwise.py bench/bench_kernels.py bench/bench_ops.py --benchmark-only --benchmark-json="$OUT_DIR/bench.json" \
-  --benchmark-columns=median,ops --benchmark-sort=name > "$OUT_DIR/bench.txt" 2>&1
-tail -15 "$OUT_DIR/bench.txt"
-[ -f "$OUT_DIR/bench.json" ] && cp "$OUT_DIR/bench.json" "$RUN_JSON" && echo "run JSON: $RUN_JSON"
+# Benchmarks: the core and training (their ratios need the baselines of the same process), then the
+# fused kernels at production shapes (bench/shapes.py), each op's baseline before its fused row.
+phase "benchmarks (core, train)" 160 python -m pytest -q -p no:cacheprovider bench/bench_core.py bench/bench_train.py \
+  --benchmark-only --benchmark-json="$OUT_DIR/bench_core.json" --benchmark-columns=median,ops \
+  --benchmark-sort=name > "$OUT_DIR/bench_core.txt" 2>&1
+tail -8 "$OUT_DIR/bench_core.txt"
+phase "benchmarks (kernels)" 90 python -m pytest -q -p no:cacheprovider bench/bench_kernels.py bench/bench_rowwise.py \
+  bench/bench_linear_epilogue.py bench/bench_attention.py bench/bench_ops.py --benchmark-only \
+  --benchmark-json="$OUT_DIR/bench_kernels.json" --benchmark-columns=median,ops --benchmark-sort=name \
+  > "$OUT_DIR/bench_kernels.txt" 2>&1
+tail -8 "$OUT_DIR/bench_kernels.txt"
+mapfile -t JSONS < <(ls "$OUT_DIR"/bench_core.json "$OUT_DIR"/bench_kernels.json 2>/dev/null)
 
-phase profile 45 python bench/profile_core.py --rows 15 > "$OUT_DIR/profile.txt" 2>&1
+phase profile 25 python bench/profile_core.py --rows 15 > "$OUT_DIR/profile.txt" 2>&1
 head -12 "$OUT_DIR/profile.txt"
 
-[ -f "$OUT_DIR/bench.json" ] && python bench/summarize.py "$OUT_DIR/bench.json" "$CARD" | tee "$OUT_DIR/table.txt"
+grep "kernels compiled" "$OUT_DIR/compile_check.txt"
+[ "${#JSONS[@]}" -gt 0 ] && python bench/summarize.py --card "$CARD" --write "$RUN_JSON" "${JSONS[@]}" \
+  | tee "$OUT_DIR/table.txt" && echo "run JSON: $RUN_JSON"

@@ -1,17 +1,21 @@
-"""Prints the short table that ends bench/gpu_check.sh from a pytest-benchmark JSON file.
+"""Prints the short table that ends bench/gpu_check.sh from pytest-benchmark JSON files.
 
-    python bench/summarize.py BENCH.json [CARD]
+    python bench/summarize.py [--card CARD] [--write RUN.json] BENCH.json [BENCH.json ...]
+
+Several files (gpu_check.sh's core/training and kernel phases) are read as one run; `--write`
+saves them merged (the first file's machine info, every benchmark) as the run's JSON.
 
 Per benchmark: median ms, pairs/s, ratios to baselines and share of the floor, from `extra_info`:
 - rows of bench_core.py / bench_train.py: `median_ms` (CUDA events), `pairs_per_s`,
   `ratio_to_<baseline>` (each baseline measured earlier in the same run), `share_of_floor`;
-- rows of bench_kernels.py / bench_ops.py (and older runs): `pairs` (items per call), `baseline`
-  (the benchmark compared with) and `floor_s` (memory or compute floor in seconds), with
-  pytest-benchmark's median.
+- rows of the kernel benchmarks (bench_kernels.py, bench_rowwise.py, ...): `median_ms` (CUDA
+  events over graph replays), `pairs_per_s`, `floor_s` / `share_of_floor`, `ratio_to_<baseline>`;
+- older runs: `pairs` (items per call), `baseline` (the benchmark compared with) and `floor_s`,
+  with pytest-benchmark's median.
 The card is the JSON's `machine_info["cuda"]["card"]` (bench/conftest.py), else CARD.
 """
+import argparse
 import json
-import sys
 
 
 def ratios(info, medians, median):
@@ -30,11 +34,29 @@ def row(bench, medians):
     return bench["name"], median_ms, pairs_per_s, ratios(info, medians, median), share
 
 
-def main(path, card=None):
-    with open(path) as handle:
-        run = json.load(handle)
+def merge(paths):
+    """One run from several pytest-benchmark JSON files: the first's machine info, all benchmarks."""
+    runs = []
+    for path in paths:
+        with open(path) as handle:
+            runs.append(json.load(handle))
+    merged = dict(runs[0])
+    merged["benchmarks"] = [bench for run in runs for bench in run["benchmarks"]]
+    return merged
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", help="pytest-benchmark JSON files of one run")
+    parser.add_argument("--card", help="the card's name when the JSON has none")
+    parser.add_argument("--write", help="save the merged run JSON here")
+    args = parser.parse_args()
+    run = merge(args.paths)
+    if args.write:
+        with open(args.write, "w") as handle:
+            json.dump(run, handle, indent=1)
     benchmarks = run["benchmarks"]
-    card = run.get("machine_info", {}).get("cuda", {}).get("card") or card or "unknown card"
+    card = run.get("machine_info", {}).get("cuda", {}).get("card") or args.card or "unknown card"
     medians = {bench["name"]: bench["stats"]["median"] for bench in benchmarks}
     print(f"\n{card}")
     print(f"{'benchmark':50s} {'median ms':>10s} {'pairs/s':>10s} {'floor share':>11s}  ratios")
@@ -45,4 +67,4 @@ def main(path, card=None):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
+    main()

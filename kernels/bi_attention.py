@@ -1,23 +1,28 @@
 """Fused bidirectional cross-attention between visual and text tokens (SIGMA's refinement).
 
-Forward, one kernel: one program per (batch, head) holds that head's text keys and values
-(T <= 128 rows) and walks the N visual tokens in blocks. Each block's logits A = q_v k_t^T * scale
-are computed once and feed both directions: the visual side is a complete row softmax over the
-short text axis, written out per block; the text side is an online softmax over the visual axis
-(running max and sum per text token, prior bias added, padded text masked), finished after the
-last block. The text side's log-sum-exp is kept for the backward.
+The visual tokens of each (batch, head) are split into 2-4 contiguous ranges, one program (CTA)
+each, so that B*H*splits programs fill the GPU (`_num_splits`). A program holds its head's text
+keys and values (T <= 128 rows, padded to a power of two and masked) and walks its range of N in
+blocks. Per block it computes the logits once, as a (text, visual) tile A^T = k_t q_v^T whose 128
+padded text rows span two warpgroups: the text side's softmax reduces along its rows, the visual
+side's along its columns, and every product is a warpgroup MMA (wgmma) on Hopper.
 
-Backward, one kernel with the same walk: per block it recomputes A and both softmaxes (the text
-side from the saved log-sum-exp), writes dq_v, dv_v and the prior's per-head gradient for the
-block, and accumulates dk_t and dv_t for the head in registers.
+Forward: the visual side is a complete softmax over the short text axis, written per block
+straight into o_v's (B, N, H*d) memory; the text side is an online softmax over the program's
+visual tokens (prior bias added), left as partials (running max, sum and unnormalised output per
+text token). A second, tiny kernel merges the partials of a (batch, head) into o_t and the text
+side's log2-sum-exp, which the backward reuses.
 
-o_v (and in the backward dq_v, dv_v) is written as (B, N, H, d) memory and handed out as its
-(B, H, N, d) view, so the caller's merge of the heads back to (B, N, H*d) is free; q_v and v_v may
-be head-split views of a (B, N, H*d) projection. Forward and backward are PyTorch custom ops
-(sigma_fast::bi_attention, ::bi_attention_backward) with fake implementations, so
-`torch.compile(fullgraph=True)` traces them and CUDA graphs capture them; each runs its kernel where
-`use_triton` says so and its plain PyTorch reference elsewhere.
+Backward: the same split walk recomputes both softmaxes per block (the text side from the saved
+log2-sum-exp), writes dq_v, dv_v and the prior's per-head gradient for the block, and leaves the
+range's dk_t, dv_t partial sums; a tiny kernel adds them up.
+
+q_v and v_v may be head-split views of a (B, N, H*d) projection. Forward and backward are PyTorch
+custom ops (sigma_fast::bi_attention, ::bi_attention_backward) with fake implementations, so
+`torch.compile(fullgraph=True)` traces them and CUDA graphs capture them; each runs its kernels
+where `use_triton` says so and its plain PyTorch reference elsewhere.
 """
+import functools
 import math
 from typing import Optional
 
@@ -29,7 +34,8 @@ from sigma_fast.kernels import reference
 from sigma_fast.kernels._dispatch import dot_config, interpreting, use_triton
 
 LOG2E = math.log2(math.e)
-MAX_TEXT_TOKENS = 128  # a head's text keys, values and accumulators live in registers
+MAX_TEXT_TOKENS = 128  # a head's text keys, values and accumulators live in registers and shared memory
+HOPPER_SMS = 132  # H100/H200 SXM: what the splits are planned for when no GPU is at hand
 
 
 @triton.jit
@@ -51,8 +57,8 @@ def _text_is_real(mask_ptr, b, stride_mask_b, t_offs, t_valid, HAS_MASK: tl.cons
 def _head_text(pid, H, T, HEAD_DIM, k_ptr, vt_ptr, mask_ptr, stride_kb, stride_kh, stride_kt, stride_vtb,
                stride_vth, stride_vtt, stride_mask_b, HAS_MASK: tl.constexpr, DOT_DTYPE: tl.constexpr,
                BLOCK_T: tl.constexpr, BLOCK_DH: tl.constexpr):
-    """What both kernels hold for their (batch, head) program: b, h, the text and head-dim offsets
-    with their bounds, which text tokens are real, and the head's text keys and values (DOT_DTYPE)."""
+    """What every kernel's (batch, head) program holds: b, h, the text and head-dim offsets with
+    their bounds, which text tokens are real, and the head's text keys and values (DOT_DTYPE)."""
     b = pid // H
     h = pid % H
     t_offs = tl.arange(0, BLOCK_T)
@@ -66,26 +72,33 @@ def _head_text(pid, H, T, HEAD_DIM, k_ptr, vt_ptr, mask_ptr, stride_kb, stride_k
 
 
 @triton.jit
+def _split_range(N, blocks_per_split, BLOCK_N: tl.constexpr):
+    """[begin, end) of the visual tokens this program's split walks."""
+    begin = tl.program_id(1) * blocks_per_split * BLOCK_N
+    return begin, tl.minimum(N, begin + blocks_per_split * BLOCK_N)
+
+
+@triton.jit
 def _visual_softmax(logits, text_real):
-    """Row softmax over the text axis (log2 units), padded text excluded."""
-    logits = tl.where(text_real[None, :], logits, float("-inf"))
-    probs = tl.exp2(logits - tl.max(logits, 1)[:, None])
-    return probs / tl.sum(probs, 1)[:, None]
+    """Softmax of (BLOCK_T, BLOCK_N) logits (log2 units) over the text axis, padded text excluded."""
+    logits = tl.where(text_real[:, None], logits, float("-inf"))
+    probs = tl.exp2(logits - tl.max(logits, 0)[None, :])
+    return probs / tl.sum(probs, 0)[None, :]
 
 
 @triton.jit
 def _text_logits(logits, prior_ptr, b, stride_prior_b, n_offs, n_valid, HAS_PRIOR: tl.constexpr):
-    """A^T's columns for this block in log2 units, prior bias added, tokens past N at -inf."""
+    """(BLOCK_T, BLOCK_N) logits of the text side in log2 units, prior bias added, tokens past N at -inf."""
     if HAS_PRIOR:
         prior = tl.load(prior_ptr + b * stride_prior_b + n_offs, mask=n_valid, other=0.0).to(tl.float32)
-        logits += prior[:, None] * 1.4426950408889634  # log2(e): the logits are in log2 units
-    return tl.where(n_valid[:, None], logits, float("-inf"))
+        logits += prior[None, :] * 1.4426950408889634  # log2(e): the logits are in log2 units
+    return tl.where(n_valid[None, :], logits, float("-inf"))
 
 
 @triton.jit
 def _bi_attention_forward_kernel(
-    q_ptr, k_ptr, vv_ptr, vt_ptr, prior_ptr, mask_ptr, ov_ptr, ot_ptr, lse_ptr,
-    H, N, T, HEAD_DIM, qk_scale,
+    q_ptr, k_ptr, vv_ptr, vt_ptr, prior_ptr, mask_ptr, ov_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
+    H, N, T, HEAD_DIM, qk_scale, blocks_per_split,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kt,
     stride_vvb, stride_vvh, stride_vvn, stride_vtb, stride_vth, stride_vtt,
     stride_ovb, stride_ovh, stride_ovn, stride_prior_b, stride_mask_b,
@@ -93,6 +106,7 @@ def _bi_attention_forward_kernel(
     DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
     BLOCK_DH: tl.constexpr,
 ):
+    # grid (B*H, splits): o_v for the split's visual tokens, the text side's partials
     pid = tl.program_id(0)
     b, h, t_offs, t_valid, d_offs, d_valid, text_real, k, v_t = _head_text(
         pid, H, T, HEAD_DIM, k_ptr, vt_ptr, mask_ptr, stride_kb, stride_kh, stride_kt, stride_vtb, stride_vth,
@@ -103,32 +117,66 @@ def _bi_attention_forward_kernel(
     text_max = tl.full((BLOCK_T,), float("-inf"), tl.float32)
     text_sum = tl.zeros((BLOCK_T,), tl.float32)
     text_acc = tl.zeros((BLOCK_T, BLOCK_DH), tl.float32)
-    for n_start in range(0, N, BLOCK_N):
+    n_begin, n_end = _split_range(N, blocks_per_split, BLOCK_N)
+    for n_start in range(n_begin, n_end, BLOCK_N):
         n_offs = n_start + tl.arange(0, BLOCK_N)
         n_valid = n_offs < N
         row_mask = n_valid[:, None] & d_valid[None, :]
-        q = tl.load(q_head + n_offs[:, None] * stride_qn + d_offs[None, :], mask=row_mask, other=0.0)
-        logits = tl.dot(q.to(DOT_DTYPE), tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        q = tl.load(q_head + n_offs[:, None] * stride_qn + d_offs[None, :], mask=row_mask, other=0.0).to(DOT_DTYPE)
+        v_v = tl.load(vv_head + n_offs[:, None] * stride_vvn + d_offs[None, :], mask=row_mask,
+                      other=0.0).to(DOT_DTYPE)
 
+        logits = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_T, BLOCK_N)
         visual_probs = _visual_softmax(logits, text_real)
-        o_v = tl.dot(visual_probs.to(DOT_DTYPE), v_t, input_precision=DOT_PRECISION)
+        o_v = tl.dot(tl.trans(visual_probs.to(DOT_DTYPE)), v_t, input_precision=DOT_PRECISION)  # (BLOCK_N, d)
         tl.store(ov_head + n_offs[:, None] * stride_ovn + d_offs[None, :], o_v.to(ov_ptr.dtype.element_ty),
                  mask=row_mask)
 
         text_logits = _text_logits(logits, prior_ptr, b, stride_prior_b, n_offs, n_valid, HAS_PRIOR)
-        new_max = tl.maximum(text_max, tl.max(text_logits, 0))
+        new_max = tl.maximum(text_max, tl.max(text_logits, 1))
         # A text token whose logits so far are all -inf (a -inf prior) keeps a zero sum, not NaN.
         safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
         rescale = tl.exp2(text_max - safe_max)
-        text_probs = tl.exp2(text_logits - safe_max[None, :])
-        text_sum = text_sum * rescale + tl.sum(text_probs, 0)
-        v_v = tl.load(vv_head + n_offs[:, None] * stride_vvn + d_offs[None, :], mask=row_mask, other=0.0)
-        text_acc = text_acc * rescale[:, None] + tl.dot(tl.trans(text_probs.to(DOT_DTYPE)), v_v.to(DOT_DTYPE),
-                                                        input_precision=DOT_PRECISION)
+        text_probs = tl.exp2(text_logits - safe_max[:, None])
+        text_sum = text_sum * rescale + tl.sum(text_probs, 1)
+        text_acc = tl.dot(text_probs.to(DOT_DTYPE), v_v, text_acc * rescale[:, None], input_precision=DOT_PRECISION)
         text_max = new_max
+    part = pid * tl.num_programs(1) + tl.program_id(1)  # this (batch, head, split) among the partials
+    tl.store(part_acc_ptr + part.to(tl.int64) * T * HEAD_DIM + t_offs[:, None] * HEAD_DIM + d_offs[None, :],
+             text_acc, mask=t_valid[:, None] & d_valid[None, :])
+    tl.store(part_max_ptr + part * T + t_offs, text_max, mask=t_valid)
+    tl.store(part_sum_ptr + part * T + t_offs, text_sum, mask=t_valid)
+
+
+@triton.jit
+def _bi_attention_text_merge_kernel(
+    part_acc_ptr, part_max_ptr, part_sum_ptr, mask_ptr, ot_ptr, lse_ptr, H, T, HEAD_DIM, splits, stride_mask_b,
+    HAS_MASK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_DH: tl.constexpr,
+):
+    # grid (B*H,): o_t (T, d) and the log2-sum-exp (T,) of one (batch, head) from its splits' partials
+    pid = tl.program_id(0)
+    t_offs = tl.arange(0, BLOCK_T)
+    t_valid = t_offs < T
+    d_offs = tl.arange(0, BLOCK_DH)
+    text_mask_2d = t_valid[:, None] & (d_offs < HEAD_DIM)[None, :]
+    text_max = tl.full((BLOCK_T,), float("-inf"), tl.float32)
+    for split in range(splits):
+        part = pid * splits + split
+        text_max = tl.maximum(text_max, tl.load(part_max_ptr + part * T + t_offs, mask=t_valid, other=0.0))
+    safe_max = tl.where(text_max == float("-inf"), 0.0, text_max)
+    text_sum = tl.zeros((BLOCK_T,), tl.float32)
+    text_acc = tl.zeros((BLOCK_T, BLOCK_DH), tl.float32)
+    for split in range(splits):
+        part = pid * splits + split
+        weight = tl.exp2(tl.load(part_max_ptr + part * T + t_offs, mask=t_valid, other=0.0) - safe_max)
+        text_sum += weight * tl.load(part_sum_ptr + part * T + t_offs, mask=t_valid, other=1.0)  # no 0/0 past T
+        acc = tl.load(part_acc_ptr + part.to(tl.int64) * T * HEAD_DIM + t_offs[:, None] * HEAD_DIM + d_offs[None, :],
+                      mask=text_mask_2d, other=0.0)
+        text_acc += weight[:, None] * acc
+    b = pid // H
+    text_real = _text_is_real(mask_ptr, b, stride_mask_b, t_offs, t_valid, HAS_MASK)
     o_t = tl.where(text_real[:, None], text_acc / text_sum[:, None], 0.0)
-    text_mask_2d = t_valid[:, None] & d_valid[None, :]
-    tl.store(ot_ptr + pid * T * HEAD_DIM + t_offs[:, None] * HEAD_DIM + d_offs[None, :],
+    tl.store(ot_ptr + pid.to(tl.int64) * T * HEAD_DIM + t_offs[:, None] * HEAD_DIM + d_offs[None, :],
              o_t.to(ot_ptr.dtype.element_ty), mask=text_mask_2d)
     tl.store(lse_ptr + pid * T + t_offs, text_max + tl.log2(text_sum), mask=t_valid)
 
@@ -136,8 +184,8 @@ def _bi_attention_forward_kernel(
 @triton.jit
 def _bi_attention_backward_kernel(
     q_ptr, k_ptr, vv_ptr, vt_ptr, prior_ptr, mask_ptr, ot_ptr, lse_ptr, dov_ptr, dot_ptr,
-    dq_ptr, dk_ptr, dvv_ptr, dvt_ptr, dprior_ptr,
-    H, N, T, HEAD_DIM, qk_scale, scale,
+    dq_ptr, dvv_ptr, dprior_ptr, part_dk_ptr, part_dvt_ptr,
+    H, N, T, HEAD_DIM, qk_scale, scale, blocks_per_split,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kt,
     stride_vvb, stride_vvh, stride_vvn, stride_vtb, stride_vth, stride_vtt,
     stride_dovb, stride_dovh, stride_dovn, stride_gb, stride_gh, stride_gn, stride_prior_b, stride_mask_b,
@@ -145,6 +193,8 @@ def _bi_attention_backward_kernel(
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_DH: tl.constexpr,
 ):
+    # grid (B*H, splits): dq_v, dv_v, the prior's gradient for the split's visual tokens, and the
+    # split's partial dk_t / scale and dv_t
     pid = tl.program_id(0)
     b, h, t_offs, t_valid, d_offs, d_valid, text_real, k, v_t = _head_text(
         pid, H, T, HEAD_DIM, k_ptr, vt_ptr, mask_ptr, stride_kb, stride_kh, stride_kt, stride_vtb, stride_vth,
@@ -161,63 +211,126 @@ def _bi_attention_backward_kernel(
     grad_head = b.to(tl.int64) * stride_gb + h * stride_gh  # this head in the dq_v and dv_v outputs
     dk_acc = tl.zeros((BLOCK_T, BLOCK_DH), tl.float32)
     dvt_acc = tl.zeros((BLOCK_T, BLOCK_DH), tl.float32)
-    for n_start in range(0, N, BLOCK_N):
+    n_begin, n_end = _split_range(N, blocks_per_split, BLOCK_N)
+    for n_start in range(n_begin, n_end, BLOCK_N):
         n_offs = n_start + tl.arange(0, BLOCK_N)
         n_valid = n_offs < N
         row_mask = n_valid[:, None] & d_valid[None, :]
         q = tl.load(q_head + n_offs[:, None] * stride_qn + d_offs[None, :], mask=row_mask, other=0.0).to(DOT_DTYPE)
         v_v = tl.load(vv_head + n_offs[:, None] * stride_vvn + d_offs[None, :], mask=row_mask,
                       other=0.0).to(DOT_DTYPE)
-        row_offsets = grad_head + n_offs[:, None] * stride_gn + d_offs[None, :]
         d_ov = tl.load(dov_head + n_offs[:, None] * stride_dovn + d_offs[None, :], mask=row_mask,
                        other=0.0).to(DOT_DTYPE)
-        logits = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        row_offsets = grad_head + n_offs[:, None] * stride_gn + d_offs[None, :]
+
+        logits = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_T, BLOCK_N)
 
         visual_probs = _visual_softmax(logits, text_real)
-        dvt_acc = tl.dot(tl.trans(visual_probs.to(DOT_DTYPE)), d_ov, dvt_acc, input_precision=DOT_PRECISION)
-        visual_dprobs = tl.dot(d_ov, tl.trans(v_t), input_precision=DOT_PRECISION)
-        visual_dlogits = visual_probs * (visual_dprobs - tl.sum(visual_probs * visual_dprobs, 1)[:, None])
+        dvt_acc = tl.dot(visual_probs.to(DOT_DTYPE), d_ov, dvt_acc, input_precision=DOT_PRECISION)
+        visual_dprobs = tl.dot(v_t, tl.trans(d_ov), input_precision=DOT_PRECISION)
+        dlogits = visual_probs * (visual_dprobs - tl.sum(visual_probs * visual_dprobs, 0)[None, :])
 
         text_logits = _text_logits(logits, prior_ptr, b, stride_prior_b, n_offs, n_valid, HAS_PRIOR)
-        text_probs = tl.where(text_real[None, :], tl.exp2(text_logits - lse[None, :]), 0.0)
-        d_vv = tl.dot(text_probs.to(DOT_DTYPE), d_ot, input_precision=DOT_PRECISION)
+        text_probs = tl.where(text_real[:, None], tl.exp2(text_logits - lse[:, None]), 0.0)
+        d_vv = tl.dot(tl.trans(text_probs.to(DOT_DTYPE)), d_ot, input_precision=DOT_PRECISION)  # (BLOCK_N, d)
         tl.store(dvv_ptr + row_offsets, d_vv.to(dvv_ptr.dtype.element_ty), mask=row_mask)
-        text_dprobs = tl.dot(v_v, tl.trans(d_ot), input_precision=DOT_PRECISION)
-        text_dlogits = text_probs * (text_dprobs - text_delta[None, :])
+        text_dprobs = tl.dot(d_ot, tl.trans(v_v), input_precision=DOT_PRECISION)
+        text_dlogits = text_probs * (text_dprobs - text_delta[:, None])
         if PRIOR_GRAD:
-            tl.store(dprior_ptr + pid.to(tl.int64) * N + n_offs, tl.sum(text_dlogits, 1), mask=n_valid)
+            tl.store(dprior_ptr + pid.to(tl.int64) * N + n_offs, tl.sum(text_dlogits, 0), mask=n_valid)
 
-        dlogits = (visual_dlogits + text_dlogits).to(DOT_DTYPE)
-        d_q = tl.dot(dlogits, k, input_precision=DOT_PRECISION) * scale
+        dlogits = (dlogits + text_dlogits).to(DOT_DTYPE)  # both directions' gradient of the shared logits
+        d_q = tl.dot(tl.trans(dlogits), k, input_precision=DOT_PRECISION) * scale  # (BLOCK_N, d)
         tl.store(dq_ptr + row_offsets, d_q.to(dq_ptr.dtype.element_ty), mask=row_mask)
-        dk_acc = tl.dot(tl.trans(dlogits), q, dk_acc, input_precision=DOT_PRECISION)
-    text_offsets = pid * T * HEAD_DIM + t_offs[:, None] * HEAD_DIM + d_offs[None, :]
+        dk_acc = tl.dot(dlogits, q, dk_acc, input_precision=DOT_PRECISION)
+    part = (pid * tl.num_programs(1) + tl.program_id(1)).to(tl.int64) * T * HEAD_DIM
+    text_offsets = t_offs[:, None] * HEAD_DIM + d_offs[None, :]
     text_mask_2d = t_valid[:, None] & d_valid[None, :]
-    tl.store(dk_ptr + text_offsets, (dk_acc * scale).to(dk_ptr.dtype.element_ty), mask=text_mask_2d)
-    tl.store(dvt_ptr + text_offsets, dvt_acc.to(dvt_ptr.dtype.element_ty), mask=text_mask_2d)
+    tl.store(part_dk_ptr + part + text_offsets, dk_acc, mask=text_mask_2d)
+    tl.store(part_dvt_ptr + part + text_offsets, dvt_acc, mask=text_mask_2d)
 
 
-def _config(N, T, head_dim, dtype, backward):
-    """(BLOCK_N, BLOCK_T, BLOCK_DH, num_warps, num_stages): one fixed config per shape.
+@triton.jit
+def _bi_attention_text_grad_merge_kernel(
+    part_dk_ptr, part_dvt_ptr, dk_ptr, dvt_ptr, T, HEAD_DIM, splits, scale,
+    BLOCK_T: tl.constexpr, BLOCK_DH: tl.constexpr,
+):
+    # grid (B*H,): dk_t and dv_t (T, d) of one (batch, head) summed over its splits' partials
+    pid = tl.program_id(0)
+    t_offs = tl.arange(0, BLOCK_T)
+    d_offs = tl.arange(0, BLOCK_DH)
+    text_offsets = t_offs[:, None] * HEAD_DIM + d_offs[None, :]
+    text_mask_2d = (t_offs < T)[:, None] & (d_offs < HEAD_DIM)[None, :]
+    dk = tl.zeros((BLOCK_T, BLOCK_DH), tl.float32)
+    dvt = tl.zeros((BLOCK_T, BLOCK_DH), tl.float32)
+    for split in range(splits):
+        part = (pid * splits + split).to(tl.int64) * T * HEAD_DIM
+        dk += tl.load(part_dk_ptr + part + text_offsets, mask=text_mask_2d, other=0.0)
+        dvt += tl.load(part_dvt_ptr + part + text_offsets, mask=text_mask_2d, other=0.0)
+    head = pid.to(tl.int64) * T * HEAD_DIM
+    tl.store(dk_ptr + head + text_offsets, (dk * scale).to(dk_ptr.dtype.element_ty), mask=text_mask_2d)
+    tl.store(dvt_ptr + head + text_offsets, dvt.to(dvt_ptr.dtype.element_ty), mask=text_mask_2d)
 
-    Chosen from sm_90 register reports (no spills at the production shape T = d = 32): the
-    backward holds about twice the forward's live tiles, so it walks N in smaller blocks.
+
+def _config(T, head_dim, dtype, backward):
+    """(BLOCK_N, BLOCK_T, BLOCK_DH, launch options): one fixed config per shape, one program per SM.
+
+    Chosen from compile reports (bench/compile_check.py, T = 96, d = 32, bf16). Hopper:
+    BLOCK_N = 64 is the smallest M a warpgroup MMA (wgmma) takes, so every dot reaches its tensor
+    cores; 8 warps put the (BLOCK_T, BLOCK_N) tiles' 128 rows on two warpgroups. The forward
+    needs about 160 registers (capped at 128 for two programs per SM it spilled a few bytes, or
+    not, depending on the Triton version and the prior's dtype) and keeps three blocks of loads in
+    flight; the backward needs about 250. Older GPUs (mma.sync) spill at BLOCK_N = 64 and take 32.
+    T = 96 pads to BLOCK_T = 128 (masked), and on Hopper short text pads to 64, a wgmma's M.
     """
     block_t = max(16, triton.next_power_of_2(T))
     block_dh = max(16, triton.next_power_of_2(head_dim))
     if interpreting():
-        # The interpreter's cost grows with loop trips: walk N in few, large blocks.
-        return min(256, max(16, triton.next_power_of_2(N))), block_t, block_dh, 4, 1
-    text_tile = block_t * block_dh
-    if backward:
-        block_n = 64 if text_tile <= 32 * 32 else 32 if block_t <= 64 else 16
-        if dtype == torch.float32:
-            # The exact-fp32 dots run on FMA units; pipelined, ptxas spilled kilobytes here.
-            return min(block_n, 32), block_t, block_dh, 8, 1
-        return block_n, block_t, block_dh, 8, 2
-    if text_tile <= 64 * 32:
-        return 64, block_t, block_dh, 4, 3
-    return (64 if block_t <= 64 else 32), block_t, block_dh, 8, 2
+        return 64, block_t, block_dh, {"num_warps": 4, "num_stages": 1}
+    if dtype == torch.float32:
+        # Exact fp32 dots run on FMA units with whole text tiles in registers: small blocks, no pipelining.
+        return 16, block_t, block_dh, {"num_warps": 8, "num_stages": 1}
+    launch = {"num_warps": 8, "num_stages": 2}
+    target = triton.runtime.driver.active.get_current_target()
+    if target.backend != "cuda" or target.arch < 90:
+        return 32, block_t, block_dh, launch
+    block_t = max(64, block_t)  # the text tile's rows are a wgmma's M
+    if backward or block_dh > 32:
+        return 64, block_t, block_dh, launch
+    return 64, block_t, block_dh, {**launch, "num_stages": 3}
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return HOPPER_SMS
+
+
+def _num_splits(programs, n_blocks, slots):
+    """How many programs share one (batch, head)'s N blocks: 2 to 4 (at most one per block), the
+    fewest whose last wave of programs fills the GPU's `slots` (one program per SM) to 90%, else
+    the fullest."""
+    if n_blocks < 2:
+        return 1
+    candidates = range(2, min(4, n_blocks) + 1)
+
+    def fill(splits):
+        ctas = programs * splits
+        return ctas / (triton.cdiv(ctas, slots) * slots)
+
+    full = [splits for splits in candidates if fill(splits) >= 0.9]
+    return full[0] if full else max(candidates, key=fill)
+
+
+def _split_plan(programs, tokens, block_n, device, splits):
+    """(splits, blocks_per_split) for `programs` (batch, head) pairs of `tokens` visual tokens;
+    `splits` None picks them from N and the SM count."""
+    n_blocks = triton.cdiv(tokens, block_n)
+    if splits is None:
+        splits = _num_splits(programs, n_blocks, _sm_count(device))
+    blocks_per_split = triton.cdiv(n_blocks, min(splits, n_blocks))
+    return triton.cdiv(n_blocks, blocks_per_split), blocks_per_split
 
 
 def _head_strides(tensor):
@@ -264,36 +377,45 @@ def _heads_last(batch, heads, rows, head_dim, like):
     return out, out.transpose(1, 2)
 
 
-def _forward(q_v, k_t, v_v, v_t, prior_bias, text_mask, scale):
-    """Launches the forward kernel: o_v as (B, N, H, d) memory, o_t (B, H, T, d) and the text
-    side's log2-sum-exp (B, H, T) fp32."""
+def _forward(q_v, k_t, v_v, v_t, prior_bias, text_mask, scale, splits=None):
+    """Launches the forward and the text-side merge: o_v as (B, N, H, d) memory, o_t (B, H, T, d)
+    and the text side's log2-sum-exp (B, H, T) fp32. `splits` None plans them (`_split_plan`)."""
     batch, heads, tokens, head_dim = q_v.shape
     text_len = k_t.shape[2]
     o_v, o_v_heads = _heads_last(batch, heads, tokens, head_dim, q_v)
     o_t = torch.empty(batch, heads, text_len, head_dim, device=q_v.device, dtype=q_v.dtype)
     lse = torch.empty(batch, heads, text_len, device=q_v.device, dtype=torch.float32)
-    block_n, block_t, block_dh, num_warps, num_stages = _config(tokens, text_len, head_dim, q_v.dtype, backward=False)
+    block_n, block_t, block_dh, launch = _config(text_len, head_dim, q_v.dtype, backward=False)
+    splits, blocks_per_split = _split_plan(batch * heads, tokens, block_n, q_v.device, splits)
+    partial = lambda *shape: torch.empty(batch * heads, splits, text_len, *shape, device=q_v.device,  # noqa: E731
+                                         dtype=torch.float32)
+    part_acc, part_max, part_sum = partial(head_dim), partial(), partial()
     dot_dtype, dot_precision = dot_config(q_v.dtype)
-    _bi_attention_forward_kernel[(batch * heads,)](
+    _bi_attention_forward_kernel[(batch * heads, splits)](
         q_v, k_t, v_v, v_t,
         prior_bias if prior_bias is not None else q_v,
         text_mask if text_mask is not None else q_v,
-        o_v, o_t, lse,
-        heads, tokens, text_len, head_dim, scale * LOG2E,
+        o_v, part_acc, part_max, part_sum,
+        heads, tokens, text_len, head_dim, scale * LOG2E, blocks_per_split,
         *_head_strides(q_v), *_head_strides(k_t), *_head_strides(v_v), *_head_strides(v_t),
         *_head_strides(o_v_heads),
         prior_bias.stride(0) if prior_bias is not None else 0,
         text_mask.stride(0) if text_mask is not None else 0,
         HAS_PRIOR=prior_bias is not None, HAS_MASK=text_mask is not None, DOT_DTYPE=dot_dtype,
-        DOT_PRECISION=dot_precision, BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_DH=block_dh,
-        num_warps=num_warps, num_stages=num_stages,
+        DOT_PRECISION=dot_precision, BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_DH=block_dh, **launch,
+    )
+    _bi_attention_text_merge_kernel[(batch * heads,)](
+        part_acc, part_max, part_sum, text_mask if text_mask is not None else q_v, o_t, lse,
+        heads, text_len, head_dim, splits, text_mask.stride(0) if text_mask is not None else 0,
+        HAS_MASK=text_mask is not None, BLOCK_T=block_t, BLOCK_DH=block_dh, num_warps=4,
     )
     return o_v, o_t, lse
 
 
-def _backward(q_v, k_t, v_v, v_t, prior_bias, text_mask, o_t, lse, grad_o_v, grad_o_t, scale, prior_grad):
-    """Launches the backward kernel: dq_v and dv_v as (B, N, H, d) memory, dk_t, dv_t (B, H, T, d)
-    and, if `prior_grad`, the prior's gradient (B, N)."""
+def _backward(q_v, k_t, v_v, v_t, prior_bias, text_mask, o_t, lse, grad_o_v, grad_o_t, scale, prior_grad,
+              splits=None):
+    """Launches the backward and the text-gradient merge: dq_v and dv_v as (B, N, H, d) memory,
+    dk_t, dv_t (B, H, T, d) and, if `prior_grad`, the prior's gradient (B, N)."""
     batch, heads, tokens, head_dim = q_v.shape
     text_len = k_t.shape[2]
     d_q, d_q_heads = _heads_last(batch, heads, tokens, head_dim, q_v)
@@ -302,22 +424,29 @@ def _backward(q_v, k_t, v_v, v_t, prior_bias, text_mask, o_t, lse, grad_o_v, gra
     d_vt = torch.empty_like(d_k)
     d_prior_heads = torch.empty(batch, heads, tokens if prior_grad else 0, device=q_v.device, dtype=torch.float32)
     grad_o_v = _unit_last_stride(grad_o_v)
-    block_n, block_t, block_dh, num_warps, num_stages = _config(tokens, text_len, head_dim, q_v.dtype, backward=True)
+    block_n, block_t, block_dh, launch = _config(text_len, head_dim, q_v.dtype, backward=True)
+    splits, blocks_per_split = _split_plan(batch * heads, tokens, block_n, q_v.device, splits)
+    part_dk, part_dvt = (torch.empty(batch * heads, splits, text_len, head_dim, device=q_v.device,
+                                     dtype=torch.float32) for _ in range(2))
     dot_dtype, dot_precision = dot_config(q_v.dtype)
-    _bi_attention_backward_kernel[(batch * heads,)](
+    _bi_attention_backward_kernel[(batch * heads, splits)](
         q_v, k_t, v_v, v_t,
         prior_bias if prior_bias is not None else q_v,
         text_mask if text_mask is not None else q_v,
         o_t, lse, grad_o_v, grad_o_t.contiguous(),
-        d_q, d_k, d_vv, d_vt, d_prior_heads if prior_grad else d_q,
-        heads, tokens, text_len, head_dim, scale * LOG2E, scale,
+        d_q, d_vv, d_prior_heads if prior_grad else d_q, part_dk, part_dvt,
+        heads, tokens, text_len, head_dim, scale * LOG2E, scale, blocks_per_split,
         *_head_strides(q_v), *_head_strides(k_t), *_head_strides(v_v), *_head_strides(v_t),
         *_head_strides(grad_o_v), *_head_strides(d_q_heads),
         prior_bias.stride(0) if prior_bias is not None else 0,
         text_mask.stride(0) if text_mask is not None else 0,
         HAS_PRIOR=prior_bias is not None, HAS_MASK=text_mask is not None, PRIOR_GRAD=prior_grad,
         DOT_DTYPE=dot_dtype, DOT_PRECISION=dot_precision, BLOCK_N=block_n, BLOCK_T=block_t,
-        BLOCK_DH=block_dh, num_warps=num_warps, num_stages=num_stages,
+        BLOCK_DH=block_dh, **launch,
+    )
+    _bi_attention_text_grad_merge_kernel[(batch * heads,)](
+        part_dk, part_dvt, d_k, d_vt, text_len, head_dim, splits, scale,
+        BLOCK_T=block_t, BLOCK_DH=block_dh, num_warps=4,
     )
     return d_q, d_k, d_vv, d_vt, d_prior_heads.sum(1)  # (B, N), or (B, 0) without prior_grad
 

@@ -1,12 +1,17 @@
 """Fused multi-tap feature differencing and projection (SIGMA's difference branch).
 
-Forward, one launch: each program owns BLOCK_M tokens and BLOCK_D output channels (all of D up to
-256, so D = 256 needs one program per token block). Per tap it passes over its two (BLOCK_M, C)
-token tiles twice: once for the LayerNorm moments and the cosine (chunks of C merged with Chan's
-formula), then again, from L2, to build the whitened difference tile in registers, |o-e| and o*e
-interleaved, as the A operand of `tl.dot` against the matching rows of the projection; the 1-cos
-column is a rank-1 update. All taps accumulate into one fp32 accumulator, so the (B, N, 2C+1)
-difference tensor never reaches memory and DRAM sees each tap about once.
+Forward, one persistent launch: as many programs as SMs, each looping over output tiles of
+BLOCK_M = 128 tokens x BLOCK_D = 128 outputs, a token tile's D tiles next to each other (so the
+D tiles of one token tile run on neighbouring SMs at about the same time, and with an even grid a
+program keeps to one D tile of the projection). Per tile and tap, a pre-loop over C computes the
+tokens' LayerNorm moments and 1 - cos (chunks merged with Chan's formula); then the K loop, its
+loads software-pipelined (`tl.range(num_stages=...)`, cp.async on Ampere and Hopper), rebuilds
+|o-e| and o*e chunk by chunk in registers (whitened when noise statistics are given) as the A
+operands of two `tl.dot`s (wgmma on Hopper) against their own contiguous row blocks of the
+projection; the 1-cos column is a rank-1 update. All taps accumulate into one fp32 accumulator, so
+the (B, N, 2C+1) difference tensor never reaches memory and DRAM sees each tap about once (the
+K loop's second read of a tile hits L2). A half-precision forward takes the projection in the
+taps' dtype (annotation's folded bf16 W' as is; training's fp32 master copy cast once per call).
 
 Backward (training): the per-token moments and 1-cos saved by the forward (5 floats per token and
 tap) let a second kernel rebuild d tile by tile and compute grad_weight = d^T grad_out, split over
@@ -50,11 +55,11 @@ def _token_rows(row_start, M, N, stride_b, stride_n, BLOCK_M: tl.constexpr):
 @triton.jit
 def _token_moments(x_ptr, y_ptr, x_rows, y_rows, token_mask, C,
                    LN_EPS: tl.constexpr, COS_EPS: tl.constexpr, BLOCK_M: tl.constexpr,
-                   BLOCK_C: tl.constexpr):
+                   BLOCK_C: tl.constexpr, STAGES: tl.constexpr):
     """Per token: mean and 1/std of x and y over C, and 1 - cos of their LayerNormed versions.
 
-    One pass over C; each chunk's centred sums are exact in registers and merged with Chan's
-    parallel formula, so large channel means do not cancel the variance.
+    One pass over C, loads STAGES deep; each chunk's centred sums are exact in registers and merged
+    with Chan's parallel formula, so large channel means do not cancel the variance.
     """
     count = 0.0
     mean_x = tl.zeros((BLOCK_M,), tl.float32)
@@ -62,7 +67,7 @@ def _token_moments(x_ptr, y_ptr, x_rows, y_rows, token_mask, C,
     m2_x = tl.zeros((BLOCK_M,), tl.float32)
     m2_y = tl.zeros((BLOCK_M,), tl.float32)
     co_xy = tl.zeros((BLOCK_M,), tl.float32)
-    for c_start in range(0, C, BLOCK_C):
+    for c_start in tl.range(0, C, BLOCK_C, num_stages=STAGES):
         cols = c_start + tl.arange(0, BLOCK_C)
         mask = token_mask[:, None] & (cols < C)[None, :]
         x = tl.load(x_ptr + x_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -137,62 +142,88 @@ def _feature_diff_forward_kernel(
     NUM_TAPS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MEAN: tl.constexpr,
     HAS_STD: tl.constexpr, SAVE_STATS: tl.constexpr, DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr, LN_EPS: tl.constexpr, COS_EPS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+    NUM_PROGRAMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_D: tl.constexpr, STAGES: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    row_start = pid_m * BLOCK_M
-    x_rows, token_mask = _token_rows(row_start, M, N, stride_xb, stride_xn, BLOCK_M)
-    y_rows, _ = _token_rows(row_start, M, N, stride_yb, stride_yn, BLOCK_M)
-    outs = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    out_mask = outs < D
+    """Persistent: program p computes output tiles p, p + NUM_PROGRAMS, ... of (BLOCK_M tokens,
+    BLOCK_D outputs), token tile major: the D tiles of one token tile run at about the same time
+    on neighbouring programs, so the taps come from DRAM once and the projection stays in L2."""
+    pid = tl.program_id(0)
+    num_d_tiles = tl.cdiv(D, BLOCK_D)
+    num_tiles = tl.cdiv(M, BLOCK_M) * num_d_tiles
     K = 2 * C + 1
-    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
-    for tap in tl.static_range(NUM_TAPS):
-        x_ptr = x_ptrs[tap]
-        y_ptr = y_ptrs[tap]
-        tap_mean_ptr = noise_mean_ptr + tap * K
-        tap_std_ptr = noise_std_ptr + tap * K
-        tap_weight_ptr = weight_ptr + tap * K * D
-        mean_x, rstd_x, mean_y, rstd_y, one_minus_cos = _token_moments(
-            x_ptr, y_ptr, x_rows, y_rows, token_mask, C, LN_EPS, COS_EPS, BLOCK_M, BLOCK_C)
-        for c_start in range(0, C, BLOCK_C):
-            cols, col_mask, channels, channel_mask = _difference_channels(c_start, C, BLOCK_C)
-            diff = _difference_tile(x_ptr, y_ptr, x_rows, y_rows, cols,
-                                    token_mask[:, None] & col_mask[None, :],
-                                    mean_x, rstd_x, mean_y, rstd_y, BLOCK_M, BLOCK_C)
-            diff = _whiten(diff, tap_mean_ptr, tap_std_ptr, channels, channel_mask, HAS_MEAN, HAS_STD)
-            # Rows past C load as zero, so the tile's padding columns add nothing.
-            w = tl.load(tap_weight_ptr + channels[:, None] * D + outs[None, :],
-                        mask=channel_mask[:, None] & out_mask[None, :], other=0.0)
-            acc = tl.dot(diff.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
-        cos_term = one_minus_cos
-        if HAS_MEAN:
-            cos_term -= tl.load(tap_mean_ptr + 2 * C).to(tl.float32)
-        if HAS_STD:
-            cos_term /= tl.load(tap_std_ptr + 2 * C).to(tl.float32)
-        w_cos = tl.load(tap_weight_ptr + 2 * C * D + outs, mask=out_mask, other=0.0).to(tl.float32)
-        acc += cos_term[:, None] * w_cos[None, :]
-        if SAVE_STATS:
-            if pid_d == 0:
-                tap_stats_ptr = stats_ptr + tap * stride_stats_tap + row_start + tl.arange(0, BLOCK_M)
-                tl.store(tap_stats_ptr + 0 * M, mean_x, mask=token_mask)
-                tl.store(tap_stats_ptr + 1 * M, rstd_x, mask=token_mask)
-                tl.store(tap_stats_ptr + 2 * M, mean_y, mask=token_mask)
-                tl.store(tap_stats_ptr + 3 * M, rstd_y, mask=token_mask)
-                tl.store(tap_stats_ptr + 4 * M, one_minus_cos, mask=token_mask)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + outs, mask=out_mask, other=0.0).to(tl.float32)[None, :]
-    rows = row_start + tl.arange(0, BLOCK_M)
-    out_offsets = rows.to(tl.int64)[:, None] * D + outs[None, :]
-    tl.store(out_ptr + out_offsets, acc.to(out_ptr.dtype.element_ty),
-             mask=token_mask[:, None] & out_mask[None, :])
+    for tile in range(pid, num_tiles, NUM_PROGRAMS):
+        d_tile = tile % num_d_tiles
+        row_start = (tile // num_d_tiles) * BLOCK_M
+        x_rows, token_mask = _token_rows(row_start, M, N, stride_xb, stride_xn, BLOCK_M)
+        y_rows, _ = _token_rows(row_start, M, N, stride_yb, stride_yn, BLOCK_M)
+        outs = d_tile * BLOCK_D + tl.arange(0, BLOCK_D)
+        out_mask = outs < D
+        acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+        for tap in tl.static_range(NUM_TAPS):
+            x_ptr = x_ptrs[tap]
+            y_ptr = y_ptrs[tap]
+            tap_mean_ptr = noise_mean_ptr + tap * K
+            tap_std_ptr = noise_std_ptr + tap * K
+            tap_weight_ptr = weight_ptr + tap * K * D
+            # The cheap pre-loop: LayerNorm moments and 1 - cos once per tile and tap, so the
+            # K loop below does elementwise work and MMAs only.
+            mean_x, rstd_x, mean_y, rstd_y, one_minus_cos = _token_moments(
+                x_ptr, y_ptr, x_rows, y_rows, token_mask, C, LN_EPS, COS_EPS, BLOCK_M, BLOCK_C, STAGES)
+            # The 1-cos column and the saved stats first: they are dead before the K loop starts.
+            cos_term = one_minus_cos
+            if HAS_MEAN:
+                cos_term -= tl.load(tap_mean_ptr + 2 * C).to(tl.float32)
+            if HAS_STD:
+                cos_term /= tl.load(tap_std_ptr + 2 * C).to(tl.float32)
+            w_cos = tl.load(tap_weight_ptr + 2 * C * D + outs, mask=out_mask, other=0.0).to(tl.float32)
+            acc += cos_term[:, None] * w_cos[None, :]
+            if SAVE_STATS:
+                if d_tile == 0:
+                    tap_stats_ptr = stats_ptr + tap * stride_stats_tap + row_start + tl.arange(0, BLOCK_M)
+                    tl.store(tap_stats_ptr + 0 * M, mean_x, mask=token_mask)
+                    tl.store(tap_stats_ptr + 1 * M, rstd_x, mask=token_mask)
+                    tl.store(tap_stats_ptr + 2 * M, mean_y, mask=token_mask)
+                    tl.store(tap_stats_ptr + 3 * M, rstd_y, mask=token_mask)
+                    tl.store(tap_stats_ptr + 4 * M, one_minus_cos, mask=token_mask)
+            # |o-e| and o*e as two dots against their own contiguous row blocks of the projection,
+            # loads STAGES deep; the second read of the tile mostly hits L2.
+            for c_start in tl.range(0, C, BLOCK_C, num_stages=STAGES):
+                cols = c_start + tl.arange(0, BLOCK_C)
+                col_mask = cols < C
+                mask = token_mask[:, None] & col_mask[None, :]
+                x = tl.load(x_ptr + x_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+                y = tl.load(y_ptr + y_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+                o = (x - mean_x[:, None]) * rstd_x[:, None]
+                e = (y - mean_y[:, None]) * rstd_y[:, None]
+                dist = tl.abs(o - e)
+                prod = o * e
+                if HAS_MEAN:
+                    dist -= tl.load(tap_mean_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+                    prod -= tl.load(tap_mean_ptr + C + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+                if HAS_STD:
+                    # One division per channel, not per tile element.
+                    dist *= (1.0 / tl.load(tap_std_ptr + cols, mask=col_mask, other=1.0).to(tl.float32))[None, :]
+                    prod *= (1.0 / tl.load(tap_std_ptr + C + cols, mask=col_mask, other=1.0).to(tl.float32))[None, :]
+                # Rows past C load as zero, so the tiles' padding columns add nothing.
+                w_mask = col_mask[:, None] & out_mask[None, :]
+                w_dist = tl.load(tap_weight_ptr + cols[:, None] * D + outs[None, :], mask=w_mask, other=0.0)
+                w_prod = tl.load(tap_weight_ptr + (C + cols)[:, None] * D + outs[None, :], mask=w_mask, other=0.0)
+                acc = tl.dot(dist.to(DOT_DTYPE), w_dist.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
+                acc = tl.dot(prod.to(DOT_DTYPE), w_prod.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + outs, mask=out_mask, other=0.0).to(tl.float32)[None, :]
+        rows = row_start + tl.arange(0, BLOCK_M)
+        out_offsets = rows.to(tl.int64)[:, None] * D + outs[None, :]
+        tl.store(out_ptr + out_offsets, acc.to(out_ptr.dtype.element_ty),
+                 mask=token_mask[:, None] & out_mask[None, :])
 
 
-@triton.jit
+# The tap's offset into the (L, 2C+1) statistics is not specialised: one compiled kernel for all taps.
+@triton.jit(do_not_specialize=["tap_offset"])
 def _feature_diff_weight_grad_kernel(
     x_ptr, y_ptr, stats_ptr, noise_mean_ptr, noise_std_ptr, grad_out_ptr, partial_ptr,
-    M, N, C, D, tokens_per_split,
+    M, N, C, D, tokens_per_split, tap_offset,
     stride_xb, stride_xn, stride_yb, stride_yn, stride_gm, stride_gd,
     HAS_MEAN: tl.constexpr, HAS_STD: tl.constexpr, DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -219,7 +250,8 @@ def _feature_diff_weight_grad_kernel(
         rstd_y = tl.load(stats_ptr + 3 * M + rows, mask=token_mask, other=0.0)
         diff = _difference_tile(x_ptr, y_ptr, x_rows, y_rows, cols, token_mask[:, None] & col_mask[None, :],
                                 mean_x, rstd_x, mean_y, rstd_y, BLOCK_M, BLOCK_C)
-        diff = _whiten(diff, noise_mean_ptr, noise_std_ptr, channels, channel_mask, HAS_MEAN, HAS_STD)
+        diff = _whiten(diff, noise_mean_ptr + tap_offset, noise_std_ptr + tap_offset, channels, channel_mask,
+                       HAS_MEAN, HAS_STD)
         grad_offsets = rows.to(tl.int64)[:, None] * stride_gm + outs[None, :] * stride_gd
         # Tokens past the split load a zero gradient, so whatever the tile holds there drops out.
         grad = tl.load(grad_out_ptr + grad_offsets, mask=token_mask[:, None] & out_mask[None, :],
@@ -234,7 +266,7 @@ def _feature_diff_stats_kernel(
     x_ptrs, y_ptrs, block_mean_ptr, block_m2_ptr,
     M, N, C, stride_xb, stride_xn, stride_yb, stride_yn,
     NUM_TAPS: tl.constexpr, LN_EPS: tl.constexpr, COS_EPS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr,
 ):
     """Per tap and channel of d: mean and centred sum of squares over this program's tokens."""
     pid = tl.program_id(0)
@@ -248,7 +280,7 @@ def _feature_diff_stats_kernel(
         x_ptr = x_ptrs[tap]
         y_ptr = y_ptrs[tap]
         mean_x, rstd_x, mean_y, rstd_y, one_minus_cos = _token_moments(
-            x_ptr, y_ptr, x_rows, y_rows, token_mask, C, LN_EPS, COS_EPS, BLOCK_M, BLOCK_C)
+            x_ptr, y_ptr, x_rows, y_rows, token_mask, C, LN_EPS, COS_EPS, BLOCK_M, BLOCK_C, STAGES)
         out_ptr_offset = (tap * num_blocks + pid).to(tl.int64) * K
         for c_start in range(0, C, BLOCK_C):
             cols, col_mask, channels, channel_mask = _difference_channels(c_start, C, BLOCK_C)
@@ -265,9 +297,49 @@ def _feature_diff_stats_kernel(
         tl.store(block_m2_ptr + out_ptr_offset + 2 * C, tl.sum(cos_centred * cos_centred, 0))
 
 
-BLOCK_M = 64  # tokens per program; the smallest M of a Hopper warpgroup MMA
+BLOCK_M = 64  # tokens per program of the weight-grad kernel; the smallest M of a Hopper warpgroup MMA
 NUM_WARPS = 8
 NUM_STAGES = 2
+# The forward: 128 tokens x 128 outputs per tile (one 64-row wgmma per warpgroup of its 8 warps).
+# All of D = 256 per tile (a 128-register accumulator per thread) spills at sm_90 whatever the
+# depth; two D tiles of one token tile run side by side instead (the second read of the taps hits
+# L2). 32 tap channels (64 of d) per K step on Hopper, 16 before it (mma.sync's operands spill at
+# 32), loads 3 deep; with whitening vectors loaded per K step too (training), 16 channels 2 deep
+# (32 spills with Triton 3.6).
+FORWARD_BLOCK_M = 128
+FORWARD_BLOCK_C = {90: 32, 0: 16}  # by the least compute capability
+WHITENED_BLOCK_C = 16
+FORWARD_BLOCK_D = 128
+FORWARD_STAGES = 3
+FORWARD_WARPS = 8
+HOPPER_SMS = 132  # H100 / H200 SXM: the persistent grid when compiling without a GPU
+
+
+def _capability(device):
+    """Compute capability as 90 for sm_90: the device's, or the active Triton target's when
+    compiling for a GPU from CPU tensors."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return 10 * major + minor
+    return triton.runtime.driver.active.get_current_target().arch
+
+
+def _forward_block_c(device, channels, whitened):
+    """Tap channels per K step of the forward (see FORWARD_BLOCK_C)."""
+    if interpreting():
+        return _block_c(channels)
+    if whitened:
+        return WHITENED_BLOCK_C
+    capability = _capability(device)
+    return next(block for least, block in FORWARD_BLOCK_C.items() if capability >= least)
+
+
+def _num_sms(device):
+    """Programs of a persistent grid: the device's SMs (a few in the interpreter, where fewer
+    programs with more tiles each also exercise the persistent loop)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 3 if interpreting() else HOPPER_SMS
 
 
 def _block_c(C):
@@ -324,20 +396,28 @@ def _check_params(num_taps, channels, weight, bias, noise_mean, noise_std):
 
 
 def _forward(f_orig, f_edit, weight, bias, noise_mean, noise_std, save_stats):
-    """Launches the forward kernel: (B, N, D) output and, if asked, the (L, 5, B*N) token stats."""
+    """Launches the persistent forward kernel: (B, N, D) output and, if asked, the (L, 5, B*N)
+    token stats."""
     f_orig, (stride_xb, stride_xn) = _token_strides(f_orig)
     f_edit, (stride_yb, stride_yn) = _token_strides(f_edit)
     batch, tokens, channels = f_orig[0].shape
     num_taps, rows, out_features = len(f_orig), batch * tokens, weight.shape[2]
-    weight = weight.contiguous()
     device = weight.device
     out = torch.empty(batch, tokens, out_features, device=device, dtype=f_orig[0].dtype)
     stats = torch.empty(num_taps, NUM_STATS, rows, device=device, dtype=torch.float32) if save_stats else None
     dot_dtype, dot_precision = dot_config(f_orig[0].dtype)
-    # The whole projection width in one program (up to 256), so the prologue runs once per token.
-    block_c, block_d = _block_c(channels), _block_d(out_features, dot_dtype, max_block_d=256)
-    grid = (triton.cdiv(rows, BLOCK_M), triton.cdiv(out_features, block_d))
-    _feature_diff_forward_kernel[grid](
+    if dot_dtype != tl.float32:
+        # Training's fp32 master projection as the MMA operand it becomes anyway: half the bytes
+        # per tile, and the tiles go to shared memory without a conversion in registers.
+        weight = weight.to(f_orig[0].dtype)
+    weight = weight.contiguous()
+    whitened = noise_mean is not None or noise_std is not None
+    block_m, block_c = FORWARD_BLOCK_M, _forward_block_c(device, channels, whitened)
+    block_d = _block_d(out_features, dot_dtype, max_block_d=FORWARD_BLOCK_D)
+    stages = FORWARD_STAGES - 1 if whitened else FORWARD_STAGES
+    tiles = triton.cdiv(rows, block_m) * triton.cdiv(out_features, block_d)
+    num_programs = min(tiles, _num_sms(device))
+    _feature_diff_forward_kernel[(num_programs,)](
         f_orig, f_edit, weight,
         bias.contiguous() if bias is not None else weight,
         noise_mean.contiguous() if noise_mean is not None else weight,
@@ -346,8 +426,8 @@ def _forward(f_orig, f_edit, weight, bias, noise_mean, noise_std, save_stats):
         stride_xb, stride_xn, stride_yb, stride_yn, NUM_STATS * rows,
         NUM_TAPS=num_taps, HAS_BIAS=bias is not None, HAS_MEAN=noise_mean is not None,
         HAS_STD=noise_std is not None, SAVE_STATS=save_stats, DOT_DTYPE=dot_dtype,
-        DOT_PRECISION=dot_precision, LN_EPS=LN_EPS, COS_EPS=COS_EPS,
-        BLOCK_M=BLOCK_M, BLOCK_C=block_c, BLOCK_D=block_d, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        DOT_PRECISION=dot_precision, LN_EPS=LN_EPS, COS_EPS=COS_EPS, NUM_PROGRAMS=num_programs,
+        BLOCK_M=block_m, BLOCK_C=block_c, BLOCK_D=block_d, STAGES=stages, num_warps=FORWARD_WARPS,
     )
     return out, stats
 
@@ -365,9 +445,7 @@ def _weight_grad(f_orig, f_edit, stats, noise_mean, noise_std, grad_out):
     block_c, block_d = _block_c(channels), _block_d(out_features, dot_dtype, max_block_d=128)
     # Split the tokens until there are about two programs per SM (a few in the interpreter, which
     # runs the split path in CI); the partial sums are added on the host.
-    target_programs = 4
-    if device.type == "cuda":
-        target_programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    target_programs = 2 * _num_sms(device)
     tiles = triton.cdiv(channels, block_c) * triton.cdiv(out_features, block_d)
     splits = max(1, min(triton.cdiv(target_programs, tiles), triton.cdiv(rows, BLOCK_M)))
     tokens_per_split = triton.cdiv(triton.cdiv(rows, splits), BLOCK_M) * BLOCK_M
@@ -379,9 +457,9 @@ def _weight_grad(f_orig, f_edit, stats, noise_mean, noise_std, grad_out):
     for tap in range(num_taps):
         _feature_diff_weight_grad_kernel[grid](
             f_orig[tap], f_edit[tap], stats[tap],
-            noise_mean[tap] if noise_mean is not None else stats,
-            noise_std[tap] if noise_std is not None else stats,
-            grad_rows, partial, rows, tokens, channels, out_features, tokens_per_split,
+            noise_mean.contiguous() if noise_mean is not None else stats,
+            noise_std.contiguous() if noise_std is not None else stats,
+            grad_rows, partial, rows, tokens, channels, out_features, tokens_per_split, tap * num_channels,
             stride_xb, stride_xn, stride_yb, stride_yn, grad_rows.stride(0), grad_rows.stride(1),
             HAS_MEAN=noise_mean is not None, HAS_STD=noise_std is not None, DOT_DTYPE=dot_dtype,
             DOT_PRECISION=dot_precision, BLOCK_M=BLOCK_M, BLOCK_C=block_c, BLOCK_D=block_d,
@@ -413,7 +491,7 @@ def _stats(f_orig, f_edit):
         f_orig, f_edit, block_mean, block_m2, rows, tokens, channels,
         stride_xb, stride_xn, stride_yb, stride_yn,
         NUM_TAPS=num_taps, LN_EPS=LN_EPS, COS_EPS=COS_EPS, BLOCK_M=block_m, BLOCK_C=block_c,
-        num_warps=NUM_WARPS,
+        STAGES=NUM_STAGES, num_warps=NUM_WARPS,
     )
     # Chan's combination of the per-block means and centred sums of squares.
     counts = torch.full((num_blocks, 1), float(block_m), device=device)

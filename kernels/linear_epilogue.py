@@ -129,7 +129,7 @@ def gemm_config(n, k, dtype):
     if dtype == torch.float32:
         # Four-byte operands: half the K depth keeps three stages in shared memory.
         return GemmConfig(128, fit(n, 128), fit(k, 32), 8, 8, 3, False)
-    # sm_90 (bench/sm90_cases_linear.py): wgmma, no spills; 128 x 256 needs the split epilogue.
+    # sm_90 (bench/compile_check.py): wgmma, no spills; 128 x 256 needs the split epilogue.
     block_n = fit(n, 256)
     return GemmConfig(128, block_n, fit(k, 64), 8, 8, 3, block_n == 256)
 

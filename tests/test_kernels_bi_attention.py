@@ -2,9 +2,10 @@
 outputs and the gradients of q_v, k_t, v_v, v_t and prior_bias), the dispatch by device, and the
 errors on inputs outside the contract.
 
-The kernel runs on CPU tensors under TRITON_INTERPRET=1 (CI) and on CUDA tensors on a GPU. fp32
-tolerances: outputs to 1e-5 relative; gradients to 2e-5 (k_t, v_t and the prior's sum over heads
-add up blocks in another order).
+The kernel runs on CPU tensors under TRITON_INTERPRET=1 (CI) and on CUDA tensors on a GPU. It walks
+N in blocks of 64 (16 to 64 on a GPU) split over 1 to 4 programs per (batch, head), so cases with
+N > 64 merge partials from several splits. fp32 tolerances: outputs to 1e-5 relative; gradients to
+2e-5 (k_t, v_t and the prior's sum over heads add up blocks in another order).
 """
 import importlib
 
@@ -92,6 +93,7 @@ CASES = [
     pytest.param(2, 1, 70, 20, 64, True, False, id="prior-only-d64"),
     pytest.param(1, 2, 33, 7, 128, False, True, id="mask-only-d128"),
     pytest.param(1, 1, 20, 128, 32, True, True, id="128-text-tokens"),
+    pytest.param(1, 2, 200, 96, 32, True, True, id="96-text-tokens-four-splits"),
 ]
 
 
@@ -113,8 +115,8 @@ def test_strided_heads_and_explicit_scale():
 def test_padded_text_rows_are_zero_and_a_zero_prior_is_finite():
     inputs = make_inputs(2, 2, 300, 6, 32, seed=6)
     inputs["text_mask"][0, 3:] = False
-    # A prior of exactly zero over whole blocks of tokens (the first block of N is 256 tokens in
-    # the interpreter, 64 on a GPU): -inf logits the online softmax must skip.
+    # A prior of exactly zero over whole splits of N (three splits of two, two and one blocks of 64
+    # tokens in the interpreter): -inf logits the online softmax and the merge must skip.
     inputs["prior_bias"][:, :260] = float("-inf")
     o_v, o_t = kernels.bi_attention(**inputs)
     assert torch.isfinite(o_v).all() and torch.isfinite(o_t).all()
@@ -122,6 +124,42 @@ def test_padded_text_rows_are_zero_and_a_zero_prior_is_finite():
     ref_o_v, ref_o_t = reference.bi_attention(**inputs)
     assert_close(o_v, ref_o_v, rtol=1e-5)
     assert_close(o_t, ref_o_t, rtol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("splits", [1, 2, 3])
+def test_every_split_count_merges_to_the_reference(splits):
+    # N = 300 is five blocks of 64: two or three splits leave a shorter last one.
+    fused = importlib.import_module("sigma_fast.kernels.bi_attention")
+    inputs = make_inputs(2, 2, 300, 40, 32, seed=11, heads_last=True)
+    args = (inputs["q_v"], inputs["k_t"], inputs["v_v"], inputs["v_t"], inputs["prior_bias"], inputs["text_mask"])
+    kernel_args = (*args[:5], fused._kernel_mask(inputs["text_mask"]))  # the op hands the kernels an int8 mask
+    o_v, o_t, lse = fused._forward(*kernel_args, 0.2, splits=splits)
+    for out, ref in zip((o_v, o_t, lse), fused.reference_forward(*args, 0.2)):
+        assert_close(out, ref, rtol=1e-5)
+    generator = torch.Generator().manual_seed(12)
+    grad_o_v, grad_o_t = (torch.randn(t.shape, generator=generator) for t in (o_v, o_t))  # (B, N, H, d), (B, H, T, d)
+    grads = fused._backward(*kernel_args, o_t, lse, grad_o_v.transpose(1, 2), grad_o_t, 0.2, True, splits=splits)
+    ref_dq, ref_dk, ref_dvv, ref_dvt, ref_dprior = fused.reference_backward(
+        *args, grad_o_v.transpose(1, 2), grad_o_t, 0.2)
+    for grad, ref in zip(grads, (ref_dq.transpose(1, 2), ref_dk, ref_dvv.transpose(1, 2), ref_dvt, ref_dprior)):
+        assert_close(grad, ref, rtol=2e-5)
+
+
+@pytest.mark.skipif(not _dispatch.HAS_TRITON, reason="triton is not installed")
+def test_split_plan_fills_the_gpu_with_two_to_four_splits():
+    fused = importlib.import_module("sigma_fast.kernels.bi_attention")
+    # Production: 32 or 64 pairs x 8 heads, N = 1369 in 22 blocks of 64, 132 SMs, one program per SM.
+    for pairs in (32, 64):
+        assert fused._split_plan(pairs * 8, 1369, 64, torch.device("cpu"), None) == (2, 11)
+    for programs in (1, 7, 100, 300, 1000):
+        for n_blocks in range(1, 12):
+            splits = fused._num_splits(programs, n_blocks, 132)
+            assert splits == 1 if n_blocks == 1 else 2 <= splits <= min(4, n_blocks)
+    # Explicit splits: every block in one split, none empty.
+    assert fused._split_plan(4, 300, 64, torch.device("cpu"), 2) == (2, 3)
+    assert fused._split_plan(4, 300, 64, torch.device("cpu"), 4) == (3, 2)
+    assert fused._split_plan(4, 50, 64, torch.device("cpu"), 3) == (1, 1)
 
 
 def _poison_kernels(monkeypatch):
@@ -256,8 +294,8 @@ def test_half_precision_inputs(dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch,heads,tokens,text_len,head_dim,prior,mask", CASES)
 def test_fp32_compiled_kernel_on_gpu(batch, heads, tokens, text_len, head_dim, prior, mask):
-    # The compiled kernel walks N in blocks of 16 to 64 (the interpreter in one or two): N = 301
-    # leaves a ragged last block in every configuration. Exact fp32 dots.
+    # The compiled kernel walks N in blocks of 16 (exact fp32 dots on FMA units) over several
+    # splits: N = 301 leaves a ragged last block.
     inputs = make_inputs(batch, heads, 301, text_len, head_dim, seed=text_len, prior=prior, mask=mask,
                          device="cuda", heads_last=True)
     check_against_reference(inputs, device="cuda")
@@ -265,7 +303,7 @@ def test_fp32_compiled_kernel_on_gpu(batch, heads, tokens, text_len, head_dim, p
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("head_dim,text_len", [(32, 32), (64, 77), (128, 128)])
+@pytest.mark.parametrize("head_dim,text_len", [(32, 32), (32, 96), (64, 77), (128, 128)])
 def test_half_precision_on_gpu_matches_reference(dtype, head_dim, text_len):
     # The reference computes in fp32 from the same half-precision inputs; the kernel feeds
     # half-precision probabilities to the tensor cores.

@@ -144,6 +144,22 @@ def test_gradient_of_weight_alone_and_no_grad_forward():
 
 
 @needs_kernels
+def test_persistent_forward_walks_several_tiles_per_program():
+    # More (token tile, output tile) pairs than programs: each program loops over tiles, ragged in
+    # tokens (the last tile spans an image boundary and ends early) and in D, with the token stats
+    # written once per token tile.
+    fused = importlib.import_module("sigma_fast.kernels.feature_diff")
+    batch, tokens, channels, dim = 3, 150, 16, 200
+    block_d = fused._block_d(dim, _dispatch.dot_config(torch.float32)[0], max_block_d=fused.FORWARD_BLOCK_D)
+    tiles = -(-batch * tokens // fused.FORWARD_BLOCK_M) * -(-dim // block_d)
+    assert tiles > fused._num_sms(torch.device(KERNEL_DEVICE)) and dim % block_d
+    f_orig, f_edit, params = make_inputs(batch, tokens, channels, dim, 2, seed=17, offset=2.0)
+    out, stats = fused.feature_diff_op(f_orig, f_edit, *params.values(), True)
+    assert_close(out, reference.feature_diff(f_orig, f_edit, **params), rtol=1e-5)
+    assert_close(stats, fused.reference_token_stats(f_orig, f_edit), rtol=1e-5)
+
+
+@needs_kernels
 @pytest.mark.parametrize("batch,tokens,channels,taps", [(2, 37, 33, 3), (3, 100, 12, 1), (1, 30, 150, 1)],
                          ids=["one-block", "three-blocks-ragged", "two-channel-chunks"])
 def test_stats_match_reference(batch, tokens, channels, taps):
@@ -288,6 +304,21 @@ def test_fp32_compiled_kernels_on_gpu():
     check_gradients(3, 301, 100, 300, 2, (True, True, True), device="cuda")
     check_gradients(2, 37, 33, 40, 1, (False, True, False), device="cuda")
     check_stats(3, 301, 100, 2, device="cuda")
+
+
+@pytest.mark.gpu
+def test_folded_bf16_inference_on_gpu_matches_reference():
+    # What DifferenceBranch runs in eval mode: bf16 taps sliced off the backbone's (B, 1 + N, C)
+    # hidden states, the folded bf16 projection and bias, no whitening vectors; enough pairs for
+    # more tiles than SMs, so every program of the persistent grid loops.
+    f_orig, f_edit, params = make_inputs(8, 1370, 768, 256, 3, seed=22, dtype=torch.bfloat16, device="cuda",
+                                         whiten=(True, False, False))
+    f_orig, f_edit = [t[:, 1:] for t in f_orig], [t[:, 1:] for t in f_edit]
+    weight, bias = params["weight"].bfloat16(), params["bias"].bfloat16()
+    with torch.no_grad():
+        out = kernels.feature_diff(f_orig, f_edit, weight, bias)
+    expected = reference.feature_diff(f_orig, f_edit, weight, bias)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all() and relative_error(out, expected) < 1e-2
 
 
 @pytest.mark.gpu

@@ -22,17 +22,18 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
           "fp16": torch.float16, "float16": torch.float16}
 FP8 = "fp8"  # the model in bf16, the backbone's GEMMs in FP8
 PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+PROB_DTYPES = {None: None, "fp32": torch.float32, "fp16": torch.float16}  # what `prob` comes back as
 
 
 @dataclass
 class Annotation:
-    """One pair's result: `mask` uint8 (H, W) in {0, 255} and `prob` float32 (H, W), both at the
-    edited image's size; `score` in [0, 1] (see `sigma_fast.ops.reference.mask_score`); `edit` the
-    parsed instruction. With a grounded prior, `prior` is the (g, g) prior the model used,
-    `prior_flat` says whether grounding fell back to a flat prior, and `boxes` lists the detections."""
+    """One pair's result: `mask` uint8 (H, W) in {0, 255} and `prob` (H, W) float32 (float16, or
+    None, when asked so: see `Annotator.submit_images`), both at the edited image's size; `score` in
+    [0, 1] (see `sigma_fast.ops.reference.mask_score`); `edit` the parsed instruction. With a
+    grounded prior, `prior` is the (g, g) prior the model used, `prior_flat` says whether grounding fell back to a flat prior, and `boxes` lists the detections."""
 
     mask: np.ndarray
-    prob: np.ndarray
+    prob: Optional[np.ndarray]
     score: float
     edit: EditTuple
     prior: Optional[np.ndarray] = None
@@ -147,17 +148,27 @@ class Annotator:
         return self.annotate_images([load_image(x) for x in originals], [load_image(x) for x in editeds],
                                     instructions, threshold)
 
-    def annotate_images(self, originals, editeds, instructions, threshold=None):
-        """Decoded uint8 (H, W, 3) tensors -> one `Annotation` per pair."""
+    def annotate_images(self, originals, editeds, instructions, threshold=None, probs="fp32"):
+        """Decoded uint8 (H, W, 3) tensors -> one `Annotation` per pair (`probs` as in `submit_images`)."""
+        return self.submit_images(originals, editeds, instructions, threshold, probs).result()
+
+    def submit_images(self, originals, editeds, instructions, threshold=None, probs=None):
+        """Run the model and the postprocessing on the device now; -> `PendingAnnotations`, whose
+        `result()` waits for the results' copies to the host. Only the uint8 masks, the scores and,
+        with `probs` ("fp16" or "fp32"; None: `prob` is None), the probabilities leave the device,
+        copied asynchronously into pinned host memory, so the caller's thread can launch the next
+        batch while another thread waits for this one."""
         check_batch(originals, editeds, instructions)
-        results = []
-        for start in range(0, len(originals), self.batch_size):
-            chunk = slice(start, start + self.batch_size)
-            results += self._annotate_chunk(originals[chunk], editeds[chunk], instructions[chunk], threshold)
-        return results
+        if probs not in PROB_DTYPES:
+            raise ValueError(f"probs must be one of {sorted(PROB_DTYPES, key=str)}, got {probs!r}")
+        chunks = [self._annotate_chunk(originals[start:start + self.batch_size],
+                                       editeds[start:start + self.batch_size],
+                                       instructions[start:start + self.batch_size], threshold, PROB_DTYPES[probs])
+                  for start in range(0, len(originals), self.batch_size)]
+        return PendingAnnotations(chunks)
 
     @torch.inference_mode()
-    def _annotate_chunk(self, originals, editeds, instructions, threshold):
+    def _annotate_chunk(self, originals, editeds, instructions, threshold, prob_dtype):
         threshold = self.threshold if threshold is None else threshold
         count, padding = len(originals), self.batch_size - len(originals)
         with self._text_lock:
@@ -175,16 +186,71 @@ class Annotator:
         with self._interpreter_lock if self._interpreted() else contextlib.nullcontext():
             logits = self._forward(x_orig, x_edit, tokens, text_mask, prior)[:count]
         sizes = [tuple(x.shape[:2]) for x in editeds]
-        masks, scores, probs = ops.postprocess_masks(logits, sizes, threshold=threshold, return_probs=True)
-        priors = [None] * count if prior is None else list(prior[:count].float().cpu().numpy())
-        return [Annotation(mask.cpu().numpy(), prob.float().cpu().numpy(), float(score), edit, pair_prior, is_flat,
-                           pair_boxes)
-                for mask, prob, score, edit, pair_prior, is_flat, pair_boxes
-                in zip(masks, probs, scores.tolist(), edits, priors, flat, boxes)]
+        masks, scores, *probs = ops.postprocess_masks(logits, sizes, threshold=threshold,
+                                                      return_probs=prob_dtype is not None)
+        # one flat tensor per kind, so each crosses to the host in a single asynchronous copy
+        host = HostChunk(
+            masks=to_host(torch.cat([mask.reshape(-1) for mask in masks])), sizes=sizes, scores=to_host(scores.float()),
+            probs=None if prob_dtype is None else to_host(torch.cat([p.to(prob_dtype).reshape(-1) for p in probs[0]])),
+            priors=None if prior is None else to_host(prior[:count].float()), edits=edits, flat=flat, boxes=boxes)
+        if self.device.type == "cuda":
+            host.event = torch.cuda.Event()
+            host.event.record()
+        return host
 
     def _interpreted(self):
         # Triton's CPU interpreter keeps global state (patched `tl`, the grid index): not re-entrant.
         return self.device.type == "cpu" and interpreting()
+
+
+def to_host(tensor):
+    """`tensor` in host memory: on the GPU, a pinned buffer filled by a non-blocking copy (complete once
+    an event recorded after it has passed); on the CPU, `tensor` itself."""
+    if tensor.device.type == "cpu":
+        return tensor
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    return host
+
+
+@dataclass
+class HostChunk:
+    """One model call's results on their way to the host: flat pinned buffers, the per-pair sizes
+    that cut them, and the CUDA event after the copies (None on the CPU)."""
+
+    masks: torch.Tensor  # uint8 (sum of H*W,)
+    sizes: list  # [(H, W)]
+    scores: torch.Tensor  # float32 (B,)
+    probs: Optional[torch.Tensor]  # fp16/fp32 (sum of H*W,)
+    priors: Optional[torch.Tensor]  # float32 (B, g, g)
+    edits: list
+    flat: list
+    boxes: list
+    event: Optional[object] = None
+
+    def annotations(self):
+        if self.event is not None:
+            self.event.synchronize()
+        results, offset = [], 0
+        for index, (height, width) in enumerate(self.sizes):
+            span = slice(offset, offset + height * width)
+            offset += height * width
+            results.append(Annotation(
+                self.masks[span].view(height, width).numpy(),
+                None if self.probs is None else self.probs[span].view(height, width).numpy(),
+                float(self.scores[index]), self.edits[index],
+                None if self.priors is None else self.priors[index].numpy(), self.flat[index], self.boxes[index]))
+        return results
+
+
+class PendingAnnotations:
+    """Annotations still being copied to the host; `result()` waits for them (from any thread)."""
+
+    def __init__(self, chunks):
+        self.chunks = chunks
+
+    def result(self):
+        return [annotation for chunk in self.chunks for annotation in chunk.annotations()]
 
 
 def pad(items, count):
@@ -215,4 +281,4 @@ def annotate_batch(originals, editeds, instructions, *, annotator=None, threshol
     return annotator.annotate_batch(originals, editeds, instructions, threshold=threshold)
 
 
-__all__ = ["Annotation", "Annotator", "ImageLoadError", "annotate_batch", "default_checkpoint"]
+__all__ = ["Annotation", "Annotator", "ImageLoadError", "PendingAnnotations", "annotate_batch", "default_checkpoint"]

@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 
 
 def add_model_options(parser):
@@ -34,8 +35,30 @@ def add_run_options(parser):
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def shown_path(path):
+    """Paths in summaries: relative to the working directory when inside it, else absolute."""
+    path = os.path.abspath(path)
+    relative = os.path.relpath(path)
+    return path if relative == os.pardir or relative.startswith(os.pardir + os.sep) else relative
+
+
+def summarize(args, title, fields):
+    """How every command ends: `title` and one aligned `name: value` line per field, or with
+    --json the fields as one JSON object on one line."""
+    if args.json:
+        print(json.dumps(fields))
+        return
+    print(title)
+    width = max(map(len, fields)) + 1
+    for name, value in fields.items():
+        print(f"  {name.replace('_', ' ') + ':':<{width}} {value}")
+
+
 def load_annotator(args):
     from sigma_fast.annotate import Annotator, resolve_device
+    from sigma_fast.errors import check_device
+
+    check_device(args.device)
 
     grounder = None
     if args.prior == "grounded":
@@ -59,11 +82,41 @@ def command_annotate(args):
     else:
         corpus = open_corpus(args.input if len(args.input) > 1 else args.input[0], format=args.format, limit=args.limit)
     # the input is checked above, before the model loads
+    if args.ray is not None:
+        return command_annotate_ray(args, corpus)
+    devices = None
+    if args.devices is not None:
+        from sigma_fast.workers import parse_devices
+
+        devices = parse_devices(args.devices)
+        args.device = str(devices[0])  # the parent's copy (settings, recipe) lives on the first device
     summary = annotate_corpus(load_annotator(args), corpus, args.out, shard_size=args.shard_size, writer=args.writer,
                               workers=args.workers, negatives=not args.no_negatives, manidataset=args.manidataset,
                               min_score=args.min_score, drop_regenerated=args.drop_regenerated,
-                              overwrite=args.overwrite, progress=not args.quiet)
-    print(json.dumps(summary.__dict__))
+                              overwrite=args.overwrite, progress=not args.quiet, devices=devices)
+    summarize(args, f"annotated {shown_path(args.out)}", summary.__dict__)
+    return 0
+
+
+def command_annotate_ray(args, corpus):
+    if args.devices is not None:
+        raise ValueError("--ray places one actor per GPU itself: leave out --devices")
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("--ray needs Ray Data: pip install 'sigma_fast[ray]'") from None
+    from functools import partial
+
+    from sigma_fast.ray import annotate_corpus_ray
+
+    ray.init(address=args.ray or None, include_dashboard=False, ignore_reinit_error=True,
+             logging_level=logging.INFO if args.verbose else logging.WARNING)
+    summary = annotate_corpus_ray(partial(load_annotator, args), corpus, args.out, shard_size=args.shard_size,
+                                  writer=args.writer, workers=args.workers, negatives=not args.no_negatives,
+                                  manidataset=args.manidataset, min_score=args.min_score,
+                                  drop_regenerated=args.drop_regenerated, overwrite=args.overwrite,
+                                  progress=not args.quiet)
+    summarize(args, f"annotated {shown_path(args.out)}", summary.__dict__)
     return 0
 
 
@@ -71,18 +124,46 @@ def command_relocate(args):
     from sigma_fast.io.writers.benco import relocate
 
     entries = relocate(args.out)
-    print(f"dataset.json rewritten for {os.path.abspath(args.out)} ({entries} entries)")
+    summarize(args, "dataset.json rewritten", {"out": shown_path(args.out), "entries": entries})
     return 0
 
 
 def command_eval(args):
-    from sigma_fast.evaluate import evaluate_manifest
+    from sigma_fast.baselines import build_methods
+    from sigma_fast.evaluate import evaluate
+    from sigma_fast.io.corpora import open_corpus
 
-    summary = evaluate_manifest(load_annotator(args), args.manifest, batch_size=args.batch_size, workers=args.workers,
-                                out_dir=args.out, limit=args.limit, progress=not args.quiet)
-    print(json.dumps({name: summary[name] for name in ("all", "local", "regenerated")}, indent=2))
-    if summary["failures"]:
-        print(f"{len(summary['failures'])} pair(s) skipped; see eval_summary.json", file=sys.stderr)
+    if args.manifest is not None:
+        corpus = open_corpus(args.manifest, format="manifest", limit=args.limit)
+    else:
+        corpus = open_corpus(args.input if len(args.input) > 1 else args.input[0], format=args.format, limit=args.limit)
+    dev = open_corpus(args.dev_input, format=args.dev_format) if args.dev_input else None
+    if args.prior != "none":
+        raise ValueError("eval runs SIGMA's priors as methods: use --methods sigma_grounded instead of --prior")
+
+    def grounder():
+        from sigma_fast.annotate import resolve_device
+        from sigma_fast.grounding import Grounder
+
+        return Grounder.from_pretrained(detector=args.detector, segmenter=args.segmenter,
+                                        device=resolve_device(args.device), cache_dir=args.grounding_cache)
+
+    methods = build_methods(args.methods.split(","), load_annotator(args), grounder, args.feature_threshold)
+    summary = evaluate(methods, corpus, args.out, dev=dev, dev_fraction=args.dev_fraction,
+                       jpeg_sweep=args.jpeg_sweep, resize_sweep=args.resize_sweep, gallery=args.gallery,
+                       averaging=args.averaging, resize_masks=args.resize_masks, batch_size=args.batch_size,
+                       workers=args.workers, progress=not args.quiet)
+    fields = {}
+    for method in summary["methods"]:
+        table = summary["tables"][method]["all"]
+        fields[method] = table if args.json else "  ".join(
+            f"{name} {value:.4f}" if value is not None else f"{name} n/a"
+            for name, value in (("F1", table["mean"]["f1"]), ("IoU", table["mean"]["iou"]), ("AUC", table["mean"]["auc"])))
+    fields["skipped"] = len(summary["failures"])
+    if args.out:
+        fields["report"] = shown_path(os.path.join(args.out, "report.html"))
+    images = summary["tables"][summary["primary"]]["all"]["images"]
+    summarize(args, f"evaluated {images} image(s), mean over images ({summary['averaging']})", fields)
     return 0
 
 
@@ -90,17 +171,54 @@ def command_demo(args):
     from sigma_fast.demo import run_demo
 
     dataset, page, summary = run_demo(load_annotator(args), args.out, progress=not args.quiet)
-    print(f"annotated {summary.annotated} pair(s) ({summary.skipped_finished} already done, {summary.failed} failed)")
-    print(f"IMDL-BenCo dataset: {dataset}")
-    print(f"report:             {page}")
+    summarize(args, f"demo annotated {summary.annotated} pair(s)", {
+        "annotated": summary.annotated, "already_done": summary.skipped_finished, "failed": summary.failed,
+        "dataset": shown_path(dataset), "report": shown_path(page)})
     return 0
 
 
+def command_synth(args):
+    from sigma_fast.errors import require
+
+    for module in ("cv2", "scipy"):
+        require(module, "synth", "sigma-fast synth")
+    from sigma_fast.data.synth import SynthConfig, generate_dataset
+
+    if args.pairs < 1:
+        raise ValueError(f"--pairs must be at least 1, got {args.pairs}")
+    config = SynthConfig(image_size=args.size, autoencoder=args.autoencoder)
+    manifest = generate_dataset(args.out, args.pairs, args.seed, config, progress=not args.quiet)
+    summarize(args, f"wrote {args.pairs} synthetic pair(s)", {"pairs": args.pairs, "manifest": shown_path(manifest)})
+    return 0
+
+
+EXAMPLES = {
+    "annotate": "sigma-fast annotate --manifest pairs.jsonl --out annotated",
+    "relocate": "sigma-fast relocate /new/place/annotated",
+    "eval": "sigma-fast eval --manifest data/val/manifest.jsonl --checkpoint runs/quickstart_stage2/final --out eval",
+    "demo": "sigma-fast demo --out sigma_fast_demo",
+    "train": "sigma-fast train --stage 1 --config configs/quickstart_stage1.yaml",
+    "synth": "sigma-fast synth --out data/train --pairs 64",
+}
+
+
+def add_common_options(parser, default):
+    """--debug and --json, accepted before and after the subcommand (`default` SUPPRESS in the
+    subcommands, so that they do not reset a value given before it)."""
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="on an error, show the traceback instead of one line")
+    parser.add_argument("--json", action="store_true", default=default,
+                        help="end with the summary as one JSON object instead of text")
+
+
 def build_parser():
+    import sigma_fast
     from sigma_fast.io.corpora import FORMATS
 
     parser = argparse.ArgumentParser(prog="sigma-fast", description="SIGMA edit-mask annotation, fast.")
+    parser.add_argument("--version", action="version", version=f"sigma-fast {sigma_fast.__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    add_common_options(parser, False)
     commands = parser.add_subparsers(dest="command", required=True)
 
     annotate = commands.add_parser("annotate", help="annotate a corpus of edit pairs into IMDL-BenCo / webdataset shards")
@@ -126,15 +244,47 @@ def build_parser():
                           help="start over in OUT instead of resuming (needed when the settings changed)")
     annotate.add_argument("--no-negatives", action="store_true",
                           help="do not list the original images as authentic ('Negative') samples")
+    annotate.add_argument("--devices", default=None, metavar="all|0,1,...",
+                          help="one worker process per device, same output as one device: 'all' GPUs, GPU indices, "
+                               "or 'cpu,cpu' (CPU workers, for testing or a many-core CPU machine)")
+    annotate.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                          help="run on a Ray cluster, one actor per GPU (extra sigma_fast[ray]): ADDRESS as for "
+                               "ray.init ('auto' joins this node's cluster); without it RAY_ADDRESS or a local "
+                               "cluster; OUT must be on storage every node sees")
     annotate.set_defaults(run=command_annotate)
 
     relocate = commands.add_parser("relocate", help="rewrite OUT/dataset.json's absolute paths after OUT was moved")
     relocate.add_argument("out", metavar="OUT", help="an annotate output folder, at its new place")
     relocate.set_defaults(run=command_relocate)
 
-    evaluate = commands.add_parser("eval", help="pixel F1/IoU/AUC against the manifest's ground-truth masks")
-    evaluate.add_argument("--manifest", required=True, help="JSONL or CSV whose rows have a mask column")
-    evaluate.add_argument("--out", default=None, help="folder for eval_summary.json and eval_pairs.jsonl")
+    evaluate = commands.add_parser("eval", help="pixel F1/IoU/AUC of SIGMA and baselines against ground-truth masks")
+    eval_source = evaluate.add_mutually_exclusive_group(required=True)
+    eval_source.add_argument("--input", nargs="+", metavar="PATH_OR_GLOB", help="corpus or benchmark with masks")
+    eval_source.add_argument("--manifest", help="short for --format manifest --input MANIFEST (rows with a mask column)")
+    evaluate.add_argument("--format", default=None, choices=FORMATS, help="the input's schema (default: detected)")
+    evaluate.add_argument("--out", default=None,
+                          help="folder for eval_summary.json, eval_pairs.jsonl and report.html")
+    evaluate.add_argument("--methods", default="sigma",
+                          help="comma-separated, first = the gallery's ranking: sigma (flat prior), sigma_grounded, "
+                               "pixel, feature, grounding (default sigma)")
+    evaluate.add_argument("--jpeg-sweep", action="store_true",
+                          help="also score with the edited image re-encoded as JPEG at quality 100..50")
+    evaluate.add_argument("--resize-sweep", action="store_true",
+                          help="also score with the edited image resized by 0.75 and 0.5, then JPEG at each quality")
+    evaluate.add_argument("--gallery", type=int, default=6, help="best and worst N pairs shown in the report (default 6)")
+    evaluate.add_argument("--dev-input", default=None,
+                          help="dev split calibrating the feature baseline's threshold (default: a held-out "
+                               "--dev-fraction of the input, left out of every table)")
+    evaluate.add_argument("--dev-format", default=None, choices=FORMATS, help="--dev-input's schema (default: detected)")
+    evaluate.add_argument("--dev-fraction", type=float, default=0.2,
+                          help="share of the input held out for calibration without --dev-input (default 0.2)")
+    evaluate.add_argument("--feature-threshold", type=float, default=None,
+                          help="fix the feature baseline's threshold instead of calibrating it")
+    evaluate.add_argument("--averaging", default="skip_empty", choices=["skip_empty", "benco"],
+                          help="skip_empty: images with an empty ground truth are left out (default); benco: "
+                               "IMDL-BenCo's, they count with scores 0")
+    evaluate.add_argument("--resize-masks", action="store_true",
+                          help="resize a mask of another size than its edited image (default: skip the pair)")
     add_model_options(evaluate)
     add_run_options(evaluate)
     evaluate.set_defaults(run=command_eval)
@@ -150,17 +300,49 @@ def build_parser():
     train = commands.add_parser("train", help="train the SIGMA head (Stage I or II; torchrun for several GPUs)")
     add_train_arguments(train)
     train.set_defaults(run=command_train)
+
+    synth = commands.add_parser(
+        "synth", help="write N synthetic edit pairs with exact masks and a manifest (offline training data)")
+    synth.add_argument("--out", required=True, help="output folder: original/, edited/, mask/, manifest.jsonl")
+    synth.add_argument("--pairs", type=int, required=True, help="number of pairs")
+    synth.add_argument("--seed", type=int, default=0, help="the same seed gives the same pairs (default 0)")
+    synth.add_argument("--size", type=int, default=128, help="image side in pixels, a multiple of 8 >= 64 (default 128)")
+    synth.add_argument("--autoencoder", action="store_true",
+                       help="include a learned autoencoder round trip among the editor-like perturbations "
+                            "(trains a small model on first use: minutes on a CPU; cached)")
+    synth.add_argument("--quiet", action="store_true", help="no progress bar")
+    synth.set_defaults(run=command_synth)
+
+    for name, subparser in commands.choices.items():
+        add_common_options(subparser, argparse.SUPPRESS)
+        subparser.epilog = "example:\n  " + EXAMPLES[name]
+        subparser.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 
+def check_out(args):
+    """An output folder that is a file: one line before any work."""
+    out = getattr(args, "out", None)
+    if out and os.path.isfile(out):
+        raise NotADirectoryError(f"output folder {out!r} is a file")
+
+
 def main(argv=None):
+    """Runs one command. A user error (see `sigma_fast.errors.user_errors`) is one line on stderr
+    and exit status 2; --debug adds its traceback. Anything else is a bug: its traceback shows."""
+    from sigma_fast.errors import user_errors
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        check_out(args)
         return args.run(args)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"sigma-fast: error: {error}", file=sys.stderr)
+    except user_errors() as error:
+        if args.debug:
+            traceback.print_exc()
+        message = " ".join(str(error).split())  # one line, whatever the message held
+        print(f"sigma-fast: error: {message}", file=sys.stderr)
         return 2
 
 

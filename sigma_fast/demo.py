@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from sigma_fast.io.images import load_image
+from sigma_fast.metrics import load_ground_truth, mask_rule, pixel_scores
 from sigma_fast.pipeline import annotate_manifest
 from sigma_fast.report import write_report
 
@@ -32,18 +33,32 @@ def copy_samples(out_dir):
     return os.path.join(inputs, MANIFEST)
 
 
+def ground_truth(meta, shape):
+    """bool (H, W) ground truth at `shape` of a row whose input had a mask (read by its format's rule), else None."""
+    path = meta.get("mask_path")
+    if not path:
+        return None
+    return load_ground_truth(path, size=shape, rule=mask_rule(meta.get("format")), resize=True)
+
+
 def report_items(out_dir):
+    """The report's items; the ground truth and the mask's F1 where the input row had a mask (F1 only
+    when that mask is not empty), no prior where it was flat."""
     items = []
     with open(os.path.join(out_dir, "metadata.jsonl")) as handle:
         for row in map(json.loads, handle):
             if row["mask"] is None:  # filtered out of the dataset
                 continue
             path = functools.partial(os.path.join, out_dir)  # metadata paths are relative to the output folder
+            mask = np.asarray(Image.open(path(row["mask"])))
+            gt = ground_truth(row.get("meta") or {}, mask.shape)
             items.append({
                 "key": row["key"], "instruction": row["instruction"], "edit": row["edit"], "score": row["score"],
                 "original": load_image(path(row["original"])).numpy(), "edited": load_image(path(row["image"])).numpy(),
-                "mask": np.asarray(Image.open(path(row["mask"]))),
-                "prior": np.asarray(Image.open(path(row["prior"])), dtype=np.float32) / 255 if row["prior"] else None,
+                "mask": mask, "gt": gt,
+                "f1": pixel_scores(mask, gt)["f1"] if gt is not None and gt.any() else None,
+                "prior": np.asarray(Image.open(path(row["prior"])), dtype=np.float32) / 255
+                if row["prior"] and not row.get("prior_flat") else None,
             })
     return items
 

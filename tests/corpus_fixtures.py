@@ -319,3 +319,81 @@ def _write_webdataset(format, folder, rows, shards=1, truncate=False, **_):
         with open(paths[-1], "r+b") as handle:
             handle.truncate(last.offset_data + last.size // 2)
     return paths[0] if shards == 1 else data
+
+
+# ---------------------------------------------------------------- benchmarks with ground-truth masks
+
+BENCHMARK_LABELS = {"sid_set": (2, 0, 1, 2), "opensdi": (1, 0, 1, 0), "cocoglide": (1, 1, 1, 0),
+                    "benco_json": (1, 0, 1, 1), "benco_mani": (1, 1, 1, 1), "autosplice": (1, 1, 1, 1)}
+BENCHMARK_TAMPERED = {"sid_set": (2,)}
+
+
+def benchmark_rows(format, size=8):
+    """What a benchmark reader yields for `write_benchmark(format, ...)`, in order: dicts with key,
+    original (None: single-image), edited, mask (None: authentic), label, tampered, instruction, quality."""
+    rows = []
+    for row, label in enumerate(BENCHMARK_LABELS[format]):
+        tampered = label in BENCHMARK_TAMPERED.get(format, (1,))
+        entry = {"key": f"img{row:03d}", "original": None, "edited": image(5000 + row, size),
+                 "mask": image(6000 + row, size, mode="L") if tampered else None, "label": label,
+                 "tampered": tampered, "instruction": "", "quality": None}
+        if format == "cocoglide":
+            entry["key"] = f"{'fake' if label else 'real'}/img{row:03d}"
+        if format == "benco_json":
+            entry["key"] = f"images/img{row:03d}.png"
+        if format == "autosplice":  # photo row // 2, edits 0 and 1; two qualities, 100 read first
+            quality, photo, edit = (100, 90)[row // 2], row % 2, 0
+            entry.update(key=f"Q{quality}/{photo}_{edit}", quality=quality, original=image(7000 + photo, size),
+                         edited=image(5000 + row, size, kind="JPEG"), mask=image(6000 + photo, size, mode="L"),
+                         instruction=f"put a hat on photo {photo}")
+        rows.append(entry)
+    return sorted(rows, key=lambda entry: entry["key"]) if format == "cocoglide" else rows
+
+
+def write_benchmark(format, folder, size=8):
+    """Write a small benchmark in its published layout under `folder`; returns the input path."""
+    folder = os.fspath(folder)
+    rows = benchmark_rows(format, size)
+    if format in ("sid_set", "opensdi"):
+        name = {"sid_set": ("img_id", "data/train-00000-of-00001.parquet"),
+                "opensdi": ("key", "sdxl/test-00000-of-00001.parquet")}[format]
+        columns = [(name[0], pa.string(), [row["key"] for row in rows]),
+                   ("image", IMAGE, [_struct(row["edited"], f"{row['key']}.png") for row in rows]),
+                   ("mask", IMAGE, [_struct(row["mask"], f"{row['key']}_m.png") for row in rows]),
+                   ("label", pa.int64(), [row["label"] for row in rows])]
+        schema = pa.schema([(n, k) for n, k, _ in columns], metadata=_hf_metadata([(n, k) for n, k, _ in columns]))
+        path = os.path.join(folder, name[1])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        pq.write_table(pa.table({n: pa.array(v, k) for n, k, v in columns}, schema=schema), path, row_group_size=2)
+        return path
+    if format == "cocoglide":
+        for row in rows:
+            _put(os.path.join(folder, "CocoGlide", row["key"] + ".png"), row["edited"])
+            if row["mask"] is not None:
+                _put(os.path.join(folder, "CocoGlide", "mask", row["key"].split("/")[1] + ".png"), row["mask"])
+        return os.path.join(folder, "CocoGlide")
+    if format == "benco_json":
+        entries = []
+        for row in rows:
+            _put(os.path.join(folder, row["key"]), row["edited"])
+            if row["mask"] is not None:
+                _put(os.path.join(folder, "masks", os.path.basename(row["key"])), row["mask"])
+            entries.append([row["key"], "masks/" + os.path.basename(row["key"]) if row["mask"] else "Negative"])
+        with open(os.path.join(folder, "test.json"), "w") as handle:
+            json.dump(entries, handle)
+        return os.path.join(folder, "test.json")
+    if format == "benco_mani":
+        for row in rows:
+            _put(os.path.join(folder, "bench", "Tp", row["key"] + ".png"), row["edited"])
+            _put(os.path.join(folder, "bench", "Gt", row["key"] + ".png"), row["mask"])
+        return os.path.join(folder, "bench")
+    if format == "autosplice":
+        root = os.path.join(folder, "AutoSplice")
+        for row in rows:
+            photo = row["key"].split("/")[1].split("_")[0]
+            _put(os.path.join(root, f"Forged_JPEG{row['quality']}", row["key"].split("/")[1] + ".jpg"), row["edited"])
+            _put(os.path.join(root, "Authentic", f"{photo}.jpg"), row["original"])
+            _put(os.path.join(root, "Mask", f"{photo}_mask.png"), row["mask"])
+            _put(os.path.join(root, "Caption", f"{photo}.json"), json.dumps({"caption": row["instruction"]}).encode())
+        return root
+    raise ValueError(f"no benchmark fixture for format {format!r}")

@@ -2,9 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from sigma_fast.baselines import (FEATURE_FLOOR, binarize, feature_baseline, feature_difference,
-                                  feature_difference_mask, otsu_threshold, pixel_baseline, pixel_difference,
-                                  pixel_difference_mask, probability_at)
+from test_grounding_models import load, model_folders  # noqa: F401 (a fixture)
+
+from sigma_fast.baselines import (FEATURE_FLOOR, GroundingBaseline, binarize, build_methods, calibrate_threshold,
+                                  feature_baseline, feature_difference, feature_difference_mask, method_note,
+                                  otsu_threshold, pixel_baseline, pixel_difference, pixel_difference_mask,
+                                  probability_at)
 from sigma_fast.model import DinoBackbone
 from sigma_fast.tiny import TinyEncoderSpec, build_tiny_encoders
 
@@ -91,3 +94,58 @@ def test_baseline_annotators_score_their_own_masks(backbone):
         np.testing.assert_array_equal(result.mask > 0, result.prob > annotator.threshold)
         assert result.mask[15:25, 15:25].all()
         assert result.edit.action == "remove"
+
+
+def test_calibrate_threshold_finds_the_level_between_planted_classes():
+    rng = np.random.default_rng(8)
+    scored = []
+    for _ in range(3):
+        gt = np.zeros((20, 20), bool)
+        gt[5:12, 3:15] = True
+        soft = np.where(gt, rng.uniform(0.4, 0.6, gt.shape), rng.uniform(0.0, 0.2, gt.shape))
+        scored.append((soft, gt))
+    threshold = calibrate_threshold(iter(scored + [(np.zeros((4, 4)), np.zeros((4, 4), bool))]))
+    assert 0.2 <= threshold < 0.4 and threshold == int(threshold * 200) / 200
+    with pytest.raises(ValueError):
+        calibrate_threshold([(np.zeros((4, 4)), np.zeros((4, 4), bool))])
+
+
+def test_calibrated_feature_baseline_uses_its_fixed_threshold(backbone):
+    original = textured(9)
+    edited = original.copy()
+    edited[:, 32:] = 0
+    gt = np.zeros((48, 64), bool)
+    gt[:, 32:] = True
+    baseline = feature_baseline(backbone, SPEC.image_size)
+    threshold = baseline.calibrate([(torch.from_numpy(original), torch.from_numpy(edited), gt)])
+    assert baseline.fixed == threshold and f"{threshold:g}" in baseline.note
+    (result,) = baseline.annotate_images([torch.from_numpy(original)], [torch.from_numpy(edited)], ["remove it"])
+    soft = feature_difference(original, edited, backbone, SPEC.image_size)
+    np.testing.assert_array_equal(result.mask > 0, soft > threshold)
+
+
+def test_build_methods_refuses_unknown_names_and_a_grounded_sigma():
+    class Flat:
+        prior_mode = "none"
+
+    with pytest.raises(ValueError, match="unknown"):
+        build_methods(["sigma", "nope"], Flat())
+    flat = Flat()
+    flat.prior_mode = "grounded"
+    with pytest.raises(ValueError, match="sigma_grounded"):
+        build_methods(["pixel"], flat)
+    assert list(build_methods(["pixel"], Flat())) == ["pixel"]
+
+
+def test_grounding_baseline_on_tiny_random_models(model_folders):  # noqa: F811 (the imported fixture)
+    grounder = load(model_folders)
+    baseline = GroundingBaseline(grounder)
+    original = torch.from_numpy(textured(10, (96, 128)))
+    edited = torch.from_numpy(textured(11, (60, 80)))
+    local, whole = baseline.annotate_images([original, original], [edited, edited],
+                                            ["remove the dog", "make it snowy"])
+    assert local.mask.shape == local.prob.shape == (60, 80) and local.edit.action == "remove"
+    assert local.mask.any()  # thresholds 0: every box is kept and segmented
+    np.testing.assert_array_equal(local.mask > 0, local.prob > baseline.threshold)
+    assert whole.edit.action == "global" and whole.mask.all()
+    assert "no differencing" in method_note(baseline)

@@ -96,7 +96,7 @@ def test_rerun_resumes_without_redoing_work(corpus, tiny_checkpoint, tmp_path, c
     run_cli(*args, "--limit", "2")
     assert len(read_jsonl(out / "metadata.jsonl")) == 2
     capsys.readouterr()
-    run_cli(*args)
+    run_cli(*args, "--json")
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["skipped_finished"] == 2 and summary["annotated"] == 2 and summary["rows"] == 9
     keys = [row["key"] for row in read_jsonl(out / "metadata.jsonl")]
@@ -133,7 +133,7 @@ def test_console_script_runs_with_a_csv_manifest(corpus, tiny_checkpoint, tmp_pa
     assert len(json.loads((out / "dataset.json").read_text())) == 2
 
 
-def test_eval_scores_against_ground_truth_masks(tmp_path, tiny_checkpoint):
+def test_eval_scores_against_ground_truth_masks(tmp_path, tiny_checkpoint, capsys):
     folder = tmp_path / "bench"
     folder.mkdir()
     rows = []
@@ -160,3 +160,26 @@ def test_eval_scores_against_ground_truth_masks(tmp_path, tiny_checkpoint):
         assert 0.0 <= summary["all"]["mean"][key] <= 1.0
     assert [f["reason"] for f in summary["failures"]] == ["no ground-truth mask in this row"]
     assert len(read_jsonl(out / "eval_pairs.jsonl")) == 3
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "evaluated 3 image(s), mean over images (skip_empty)"
+    assert printed[1].split()[:2] == ["sigma:", "F1"] and printed[2].split() == ["skipped:", "1"]
+    assert run_cli("eval", "--manifest", str(folder / "bench.jsonl"), "--checkpoint", tiny_checkpoint, "--quiet",
+                   "--json") == 0
+    assert json.loads(capsys.readouterr().out)["sigma"]["mean"] == summary["all"]["mean"]
+
+
+def test_summaries_are_text_or_one_json_object(tmp_path, capsys):
+    assert run_cli("demo", "--out", str(tmp_path / "demo"), "--quiet") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("demo annotated") and any(line.split() == ["report:", str(tmp_path / "demo" / "report.html")]
+                                                         for line in lines)
+    assert run_cli("demo", "--out", str(tmp_path / "demo"), "--quiet", "--json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["already_done"] > 0 and summary["report"] == str(tmp_path / "demo" / "report.html")
+
+
+def test_model_loading_prints_no_third_party_bars(tmp_path):
+    completed = subprocess.run([sys.executable, "-m", "sigma_fast.cli", "demo", "--out", str(tmp_path / "demo")],
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert "Loading weights" not in completed.stderr and "WARNING" not in completed.stderr

@@ -50,6 +50,17 @@ def images_loaded_in_chromium(page):
     return int(loaded), int(total)
 
 
+def screenshot_is_not_blank(page):
+    """Headless Chromium screenshot of `page`: not one flat colour (the page rendered something)."""
+    shot = os.path.join(os.path.dirname(page), "screenshot.png")
+    subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                    "--allow-file-access-from-files", "--window-size=1000,1400", "--virtual-time-budget=5000",
+                    f"--user-data-dir={os.path.dirname(page)}/chromium_profile", f"--screenshot={shot}",
+                    "file://" + page], capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)
+    return pixels.std() > 10 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50
+
+
 def test_report_images_load_in_chromium(tmp_path):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
@@ -58,10 +69,13 @@ def test_report_images_load_in_chromium(tmp_path):
     items = [{"key": "a", "instruction": "add <b>", "edit": {"action": "add", "source": None, "target": "b"},
               "score": 0.9, "original": image, "edited": image, "mask": mask, "prior": rng.random((4, 4))},
              {"key": "b", "instruction": "make it snowy", "edit": {"action": "global"}, "score": 0.5,
-              "original": image, "edited": image, "mask": mask, "prior": None}]
+              "original": image, "edited": image, "mask": mask, "prior": None, "gt": mask > 0, "f1": 0.25}]
     page = write_report(str(tmp_path), items)
-    assert "add &lt;b&gt;" in open(page).read()
+    text = open(page).read()
+    assert "add &lt;b&gt;" in text and "F1 0.250" in text and text.count("F1 ") == 1
+    assert text.count(">ground truth<") == 1 and text.count(">prior<") == 1  # no column for a flat prior
     assert images_loaded_in_chromium(page) == (8, 8)
+    assert screenshot_is_not_blank(page)
 
 
 def test_demo_end_to_end(tmp_path, capsys):
@@ -80,5 +94,8 @@ def test_demo_end_to_end(tmp_path, capsys):
             assert mask.mode == "L" and mask.size == Image.open(image_path).size
             assert set(np.unique(np.asarray(mask))) <= {0, 255}
     assert not (out / "failures.jsonl").read_text().strip()
+    text = (out / "report.html").read_text()
+    assert text.count(">ground truth<") == pairs and text.count(" &middot; F1 ") == pairs  # every sample has a mask
+    assert ">prior<" not in text  # the demo's prior is flat
     loaded, total = images_loaded_in_chromium(str(out / "report.html"))
     assert total == 4 * pairs and loaded == total

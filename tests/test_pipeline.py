@@ -2,11 +2,13 @@
 the SIGKILL/resume byte-identity check on a real subprocess, settings refusal, bad input."""
 import filecmp
 import importlib.util
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 
@@ -18,7 +20,7 @@ from PIL import Image
 from sigma_fast import cli
 from sigma_fast.annotate import Annotator
 from sigma_fast.io.corpora import FORMATS, open_corpus
-from sigma_fast.pipeline import annotate_corpus
+from sigma_fast.pipeline import ShardPlan, ShardRows, annotate_corpus, run_shards, writer_options
 
 from corpus_fixtures import write_fixture
 
@@ -202,3 +204,92 @@ def test_imdl_benco_loads_our_dataset(annotator, tmp_path):
         for row, item in zip(rows, positives):
             ours = np.asarray(Image.open(tmp_path / "out" / row["mask"])) > 127
             np.testing.assert_array_equal(np.asarray(item["mask"])[0] > 0.5, ours)
+
+
+class Watched:
+    """An annotator whose pending results note the thread that waits for them; `fail` is raised
+    by the model call instead."""
+
+    def __init__(self, annotator, fail=None):
+        self.annotator, self.fail, self.waiters = annotator, fail, set()
+        self.batch_size, self.device = annotator.batch_size, annotator.device
+
+    def submit_images(self, *args, **kwargs):
+        if self.fail is not None:
+            raise self.fail
+        pending, waiters = self.annotator.submit_images(*args, **kwargs), self.waiters
+
+        class Pending:
+            def result(self):
+                waiters.add(threading.current_thread().name)
+                return pending.result()
+
+        return Pending()
+
+
+def run_stages(annotator, corpus, out, shard_size=2):
+    plan = ShardPlan(str(out), shard_size, corpus.total())
+    return run_shards(annotator, corpus, str(out), plan, itertools.count(), writer_options(("benco",), None, False, 2),
+                      workers=2)
+
+
+def test_results_are_waited_for_on_the_writer_thread(annotator, tmp_path):
+    watched = Watched(annotator)
+    corpus = open_corpus(write_fixture("manifest", tmp_path / "in", pairs=5, size=24, corrupt=(3,)))
+    counts = run_stages(watched, corpus, tmp_path / "out")
+    assert watched.waiters == {"sigma-writer"}  # never the model's thread
+    assert (counts.annotated, counts.failed, counts.end) == (4, 1, 3)
+    assert sorted(os.listdir(tmp_path / "out" / "shards")) == ["00000", "00001", "00002"]
+
+
+def test_a_failing_stage_stops_the_run_without_hanging(annotator, tmp_path):
+    corpus = open_corpus(write_fixture("manifest", tmp_path / "in", pairs=9, size=24))
+    with pytest.raises(KeyError, match="boom"):
+        run_stages(Watched(annotator, fail=KeyError("boom")), corpus, tmp_path / "out")
+    assert not os.path.exists(tmp_path / "out" / "shards" / "00000")  # nothing committed
+
+
+def test_shard_rows_reopen_the_corpus_only_after_a_gap(tmp_path):
+    corpus = open_corpus(write_fixture("manifest", tmp_path / "in", pairs=7, size=8))
+    opened = []
+    records = corpus.records
+    corpus.records = lambda start=0: opened.append(start) or records(start)
+    reader = ShardRows(corpus, 2)
+    assert [[row.index for row in reader.rows(shard)] for shard in (0, 1, 3, 4)] == [[0, 1], [2, 3], [6], []]
+    assert opened == [0, 6, 8]
+    reader.close()
+
+
+def test_submit_images_copies_only_what_is_asked(annotator):
+    from conftest import random_image
+
+    originals = [random_image(20, 24, seed) for seed in range(2)]
+    editeds = [random_image(18 + seed, 24, 10 + seed) for seed in range(2)]  # sizes differ: one flat buffer
+    instructions = ["add a hat", "remove the dog"]
+    full = annotator.annotate_images(originals, editeds, instructions)
+    masks_only = annotator.submit_images(originals, editeds, instructions).result()
+    half = annotator.submit_images(originals, editeds, instructions, probs="fp16").result()
+    for reference, bare, fp16 in zip(full, masks_only, half):
+        assert bare.prob is None and reference.prob.dtype == np.float32 and fp16.prob.dtype == np.float16
+        np.testing.assert_array_equal(bare.mask, reference.mask)
+        assert bare.mask.shape == reference.prob.shape and bare.score == reference.score
+        np.testing.assert_allclose(fp16.prob.astype(np.float32), reference.prob, atol=1e-3)
+    with pytest.raises(ValueError, match="probs"):
+        annotator.submit_images(originals, editeds, instructions, probs="bf16")
+
+
+@pytest.mark.gpu
+def test_results_leave_the_gpu_through_pinned_buffers():
+    from conftest import random_image
+
+    gpu = Annotator.from_pretrained(device="cuda", batch_size=2)
+    cpu = Annotator.from_pretrained(device="cpu", batch_size=2, dtype="bf16")
+    images = [random_image(40, 48, seed) for seed in range(3)]
+    pending = gpu.submit_images(images, images[::-1], ["add a hat"] * 3, probs="fp16")
+    assert all(chunk.masks.is_pinned() and chunk.probs.is_pinned() and chunk.event is not None
+               for chunk in pending.chunks)
+    results = pending.result()
+    expected = cpu.annotate_images(images, images[::-1], ["add a hat"] * 3)
+    for result, reference in zip(results, expected):
+        assert result.mask.shape == (40, 48) and result.prob.dtype == np.float16
+        assert (result.mask != reference.mask).mean() < 0.01  # bf16 on two devices

@@ -131,7 +131,7 @@ def test_cli_trains_and_skips_corrupt_samples(tiny_encoders, tmp_path, capsys):
                  "--set", f"output_dir={tmp_path / 'run'}", "--set", f"model.backbone={backbone}",
                  "--set", f"model.text_encoder={text_encoder}",
                  "--set", f"data.train=[{{format: parquet, path: {corrupt}}}]", "--set", "data.val=[]",
-                 "--set", "optim.steps=4", "--set", "data.negative_fraction=0"])
+                 "--set", "optim.steps=4", "--set", "data.negative_fraction=0", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["step"] == 4 and result["skipped"] == 6  # 32 samples seen: each corrupt row twice

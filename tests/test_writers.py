@@ -15,6 +15,7 @@ from sigma_fast.annotate import Annotation
 from sigma_fast.grounding import parse_instruction
 from sigma_fast.io.corpora import PairRecord
 from sigma_fast.io.images import decode_image
+from sigma_fast.io.messages import one_line
 from sigma_fast.io.writers import benco, quality
 from sigma_fast.io.writers.names import MAX_NAME, safe_name
 from sigma_fast.io.writers.output import ShardWriter, finish_run
@@ -108,7 +109,7 @@ def test_regenerated_flag_separates_local_from_global_edits():
     assert quality.filter_reason(0.2, False, min_score=0.5) == "min_score"
     assert quality.filter_reason(0.9, True, drop_regenerated=True) == "regenerated"
     assert quality.filter_reason(0.9, True) is None
-    assert quality.clean_reason("cannot identify <_io.BytesIO object at 0x7f3a2b>") == "cannot identify <_io.BytesIO object>"
+    assert one_line("cannot identify <_io.BytesIO object at 0x7f3a2b>\n") == "cannot identify <_io.BytesIO object>"
 
 
 def fake_annotation(height, width, seed):
@@ -173,7 +174,8 @@ def test_hostile_keys_stay_inside_out_through_every_writer(tmp_path, writers):
 def test_relocate_rewrites_dataset_paths(tmp_path):
     write_hostile_shards(tmp_path / "a", ("benco",))
     os.rename(tmp_path / "a", tmp_path / "b")
-    assert all(path.startswith(str(tmp_path / "a")) for path, _ in json.loads((tmp_path / "b" / "dataset.json").read_text()))
+    moved = json.loads((tmp_path / "b" / "dataset.json").read_text())
+    assert all(path.startswith(str(tmp_path / "a")) for path, _ in moved)
     entries = benco.relocate(str(tmp_path / "b"))
     dataset = json.loads((tmp_path / "b" / "dataset.json").read_text())
     assert entries == len(dataset) > 0

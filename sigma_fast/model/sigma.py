@@ -1,4 +1,5 @@
 """SigmaModel: frozen backbone and text tower plus the trainable SIGMA head."""
+import contextlib
 import os
 
 import torch
@@ -15,17 +16,77 @@ WEIGHTS_NAME = "model.safetensors"
 FROZEN_PREFIXES = ("backbone.", "text_encoder.model.")
 
 
+def looks_like_hub_id(reference):
+    """"name" or "namespace/name" that is not written as a path (./x, /x, ~/x, a/b/c, x\\y)."""
+    return (not reference.startswith((".", "/", "~")) and "\\" not in reference and reference.count("/") <= 1
+            and bool(reference.strip("/")))
+
+
+def missing_reference(what, reference):
+    """FileNotFoundError for a `what` (checkpoint, backbone, ...) that is no folder here and cannot
+    be fetched: says whether it was read as a path or as an unreachable hub id."""
+    if not looks_like_hub_id(reference):
+        return FileNotFoundError(f"{what} folder {reference!r} does not exist")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+    reason = "HF_HUB_OFFLINE is set and it is not in the hub cache" if offline else \
+        "it was not found on the Hugging Face hub, or the hub is unreachable"
+    return FileNotFoundError(f"{what} {reference!r} is not a local folder and {reason}; "
+                             f"pass the path of a local folder (download it once with "
+                             f"`huggingface-cli download {reference} --local-dir DIR`)")
+
+
 def resolve_checkpoint(path_or_id):
     """A local checkpoint folder as is; anything else is a hub repo id, downloaded (or taken from
-    the local hub cache) with `huggingface_hub.snapshot_download`."""
+    the local hub cache) with `huggingface_hub.snapshot_download`. FileNotFoundError when neither."""
     if os.path.isdir(path_or_id):
         return path_or_id
     if os.path.exists(path_or_id):
-        raise NotADirectoryError(f"{path_or_id!r} is a file; a checkpoint is a folder with config.json "
+        raise NotADirectoryError(f"checkpoint {path_or_id!r} is a file; a checkpoint is a folder with config.json "
                                  f"and {WEIGHTS_NAME}")
+    if not looks_like_hub_id(path_or_id):
+        raise missing_reference("checkpoint", path_or_id)
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
 
-    return snapshot_download(repo_id=path_or_id, allow_patterns=["config.json", WEIGHTS_NAME, "*/*"])
+    try:
+        return snapshot_download(repo_id=path_or_id, allow_patterns=["config.json", WEIGHTS_NAME, "*/*"])
+    except (OSError, HFValidationError, ValueError):  # offline, unknown repo, refused id
+        raise missing_reference("checkpoint", path_or_id) from None
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """No transformers / hub progress bars or load reports while the frozen encoders load: a
+    user can do nothing about them. Real warnings (transformers' WARNING level) stay."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    bars, hub_bars, verbosity = hf_logging.is_progress_bar_enabled(), are_progress_bars_disabled(), \
+        hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+        if not hub_bars:
+            enable_progress_bars()
+
+
+def load_encoder(what, reference, load):
+    """`load(reference)`, turning "no such folder / hub id" into one FileNotFoundError line."""
+    if not os.path.isdir(reference) and not looks_like_hub_id(reference):
+        raise missing_reference(what, reference)
+    try:
+        with quiet_loading():
+            return load(reference)
+    except OSError:  # transformers' "not a local folder and not a valid model identifier" / offline
+        if os.path.isdir(reference):
+            raise
+        raise missing_reference(what, reference) from None
 
 
 class SigmaModel(nn.Module):
@@ -53,8 +114,10 @@ class SigmaModel(nn.Module):
     @classmethod
     def from_config(cls, config: SigmaConfig, dtype=None):
         """A new model with the configured frozen encoders and a freshly initialised head."""
-        backbone = DinoBackbone.from_pretrained(config.backbone, config.taps, dtype=dtype)
-        text_encoder = TextEncoder.from_pretrained(config.text_encoder, config.dim, config.max_text_tokens, dtype=dtype)
+        backbone = load_encoder("backbone", config.backbone,
+                                lambda ref: DinoBackbone.from_pretrained(ref, config.taps, dtype=dtype))
+        text_encoder = load_encoder("text encoder", config.text_encoder, lambda ref: TextEncoder.from_pretrained(
+            ref, config.dim, config.max_text_tokens, dtype=dtype))
         return cls(config, backbone, text_encoder)
 
     @classmethod

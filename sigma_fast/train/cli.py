@@ -1,5 +1,4 @@
 """`sigma-fast train`: the command line of the training loop (also under torchrun)."""
-import json
 import os
 import sys
 
@@ -33,6 +32,12 @@ def command_train(args):
 
     config = load_train_config(args.config, stage=args.stage, overrides=parse_overrides(args.overrides),
                                init=args.init)
+    if config.device != "auto":
+        from sigma_fast.errors import check_device
+
+        check_device(config.device)
+    if os.path.isfile(config.output_dir):
+        raise NotADirectoryError(f"output_dir {config.output_dir!r} is a file")
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, only rank 0 reports
     try:
         result = train(config, resume=args.resume, progress=not args.quiet)
@@ -41,6 +46,14 @@ def command_train(args):
             print(f"sigma-fast train: {error}", file=sys.stderr)
         return 3
     if main_process:
-        print(json.dumps({"step": result["step"], "final_loss": result["losses"][-1] if result["losses"] else None,
-                          "val": result["val"], "skipped": result["skipped"], "checkpoint": result["checkpoint"]}))
+        from sigma_fast.cli import shown_path, summarize
+
+        fields = {"step": result["step"], "final_loss": result["losses"][-1] if result["losses"] else None,
+                  "skipped": result["skipped"], "model": shown_path(os.path.join(config.output_dir, "final")),
+                  "resume_from": shown_path(result["checkpoint"])}
+        if result["val"]:
+            fields["val"] = result["val"] if args.json else ", ".join(
+                f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}"
+                for name, value in result["val"].items())
+        summarize(args, f"Stage {config.stage} trained", fields)
     return 0

@@ -2,9 +2,11 @@
 
 Unknown keys, wrong types and out-of-range values raise `ValueError` naming the offending key
 (`optim.lr: must be > 0, got -1.0`). Paths are taken as written: relative ones resolve against the
-working directory. `overrides` ({"optim.lr": 3e-4}) are applied to the YAML before validation.
+working directory; `embedded:backbone` and `embedded:text_encoder` name the tiny random encoders
+shipped in the package. `overrides` ({"optim.lr": 3e-4}) are applied to the YAML before validation.
 """
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
@@ -17,6 +19,7 @@ SOURCE_FORMATS = ("parquet", "manifest")
 # MagicBrush's parquet columns; other corpora map their own names with `columns`
 PARQUET_COLUMNS = {"original": "source_img", "edited": "target_img", "mask": "mask_img", "instruction": "instruction"}
 PRECISIONS = ("auto", "bf16", "fp32")
+EMBEDDED = "embedded:"  # model.backbone / model.text_encoder: the tiny encoders shipped in the package
 
 
 @dataclass
@@ -229,7 +232,7 @@ class TrainConfig:
         check(not (self.model and self.init), "", "model", "give either `model` (a new head) or `init` (a checkpoint), not both")
         if self.model is not None:
             try:
-                SigmaConfig.from_dict(self.model)
+                self.model_config()
             except (TypeError, ValueError) as error:
                 raise ValueError(f"model: {error}") from None
         if self.stage == 1:
@@ -241,10 +244,27 @@ class TrainConfig:
             check(len(self.data.unlabelled) > 0, "data", "unlabelled", "EMA self-training needs unlabelled sources")
 
     def model_config(self) -> SigmaConfig:
-        return SigmaConfig.from_dict(self.model)
+        values = dict(self.model)
+        for name in ("backbone", "text_encoder"):
+            if name in values:
+                values[name] = resolve_embedded(values[name], name)
+        return SigmaConfig.from_dict(values)
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+
+def resolve_embedded(reference, where):
+    """"embedded:backbone" / "embedded:text_encoder" -> the folder of that tiny random encoder
+    inside the installed package (the demo model's); any other reference as it is."""
+    if not isinstance(reference, str) or not reference.startswith(EMBEDDED):
+        return reference
+    from sigma_fast.annotate import EMBEDDED_CHECKPOINT
+
+    name = reference[len(EMBEDDED):]
+    check(name in ("backbone", "text_encoder"), "", where,
+          f"unknown embedded encoder {reference!r}; use {EMBEDDED}backbone or {EMBEDDED}text_encoder")
+    return os.path.join(EMBEDDED_CHECKPOINT, name)
 
 
 def check(condition, where, name, message):

@@ -50,7 +50,8 @@ def tensorboard_writer(folder):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        logger.warning("tensorboard is not installed: logging to CSV only (pip install tensorboard)")
+        logger.warning("tensorboard is not installed: logging to CSV only (the `[train]` extra installs it: "
+                       "pip install 'sigma-fast[train]')")
         return None
     return SummaryWriter(folder)
 

@@ -26,10 +26,15 @@ class VaeRoundTrip:
     @classmethod
     def from_config(cls, config, device):
         """diffusers' AutoencoderKL from a hub id or folder; scale/shift default to its config's."""
-        from diffusers import AutoencoderKL
+        from sigma_fast.errors import require
+        from sigma_fast.model.sigma import load_encoder
 
-        kwargs = {"subfolder": config.subfolder} if config.subfolder else {}
-        vae = AutoencoderKL.from_pretrained(config.model, **kwargs).to(device)
+        diffusers = require("diffusers", "train", "Stage II's VAE round trip (stage2.vae)")
+        # low_cpu_mem_usage=False: no "install accelerate" notice; the VAE is small next to its activations
+        kwargs = {"subfolder": config.subfolder, "low_cpu_mem_usage": False} if config.subfolder else \
+            {"low_cpu_mem_usage": False}
+        vae = load_encoder("VAE (stage2.vae.model)", config.model,
+                           lambda ref: diffusers.AutoencoderKL.from_pretrained(ref, **kwargs)).to(device)
         scale = config.scale if config.scale is not None else vae.config.scaling_factor
         shift = config.shift if config.shift is not None else (getattr(vae.config, "shift_factor", None) or 0.0)
         return cls(vae, float(scale), float(shift), config.latent_noise)

@@ -10,6 +10,9 @@ from sigma_fast.io.corpora.record import PairRecord, RowFailure
 FORMATS = ("manifest", "magicbrush", "instructpix2pix", "ultraedit", "anyedit", "omniedit",
            "hqedit", "folder", "webdataset")
 PARQUET_FORMATS = ("magicbrush", "instructpix2pix", "ultraedit", "anyedit", "omniedit", "hqedit")
+# benchmarks with ground-truth masks, read only when named (format=...): never detected, and the
+# single-image ones carry original=None (see sigma_fast.io.corpora.benchmark), so they are no annotate input
+BENCHMARK_FORMATS = ("autosplice", "cocoglide", "sid_set", "opensdi", "benco_json", "benco_mani")
 
 
 def _reader(format):
@@ -116,12 +119,12 @@ class Corpus:
 def open_corpus(input, format=None, limit=None) -> Corpus:
     """A corpus from a path, glob, directory or fsspec URL (or a list of them). `format=None`
     detects it. FileNotFoundError when the input matches nothing; only metadata is read here."""
-    if format is not None and format not in FORMATS:
-        raise ValueError(f"unknown corpus format {format!r}: expected one of {', '.join(FORMATS)}")
+    if format is not None and format not in FORMATS + BENCHMARK_FORMATS:
+        raise ValueError(f"unknown corpus format {format!r}: expected one of {', '.join(FORMATS + BENCHMARK_FORMATS)}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ValueError(f"limit must be an int >= 0 or None, got {limit!r}")
     found = _sources.resolve(input)
     return Corpus(format or detect(found), found, limit)
 
 
-__all__ = ["FORMATS", "Corpus", "PairRecord", "RowFailure", "detect", "open_corpus"]
+__all__ = ["BENCHMARK_FORMATS", "FORMATS", "Corpus", "PairRecord", "RowFailure", "detect", "open_corpus"]

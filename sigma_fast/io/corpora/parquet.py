@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from sigma_fast.io.corpora import sources
 from sigma_fast.io.corpora.images import MissingImage, image_bytes
 from sigma_fast.io.corpora.record import PairRecord, RowFailure, check_instruction, json_safe
+from sigma_fast.io.messages import error_line
 
 BATCH_ROWS = 64  # rows converted to Python at a time inside a row group
 READ_ERRORS = (pa.ArrowException, OSError, ValueError)
@@ -93,15 +94,10 @@ def read(spec, source, skip=0):
             file = _open(stack.enter_context(sources.open_binary(source)))
         except READ_ERRORS as error:
             if skip == 0:
-                yield RowFailure(0, sources.name(source), source, f"not a readable parquet file ({_one_line(error)})")
+                yield RowFailure(0, sources.name(source), source, f"not a readable parquet file ({error_line(error)})")
             return 1
         yield from _read_file(spec, file, source, skip)
         return file.metadata.num_rows
-
-
-def _one_line(error):
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
 def _read_file(spec, file, source, skip):
@@ -130,7 +126,7 @@ def _read_file(spec, file, source, skip):
             # what is left of a broken row group: one failure per row so every row is counted
             for lost in range(max(row, skip), start):
                 yield RowFailure(lost, f"{file_stem}/{lost:08d}", f"{source}#row={lost}",
-                                 f"unreadable row group {group} ({_one_line(error)})")
+                                 f"unreadable row group {group} ({error_line(error)})")
 
 
 def to_record(spec, row, index, default_key, source, where):

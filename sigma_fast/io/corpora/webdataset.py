@@ -12,6 +12,7 @@ import zlib
 from sigma_fast.io.corpora import sources
 from sigma_fast.io.corpora.images import MissingImage, image_bytes
 from sigma_fast.io.corpora.record import PairRecord, RowFailure, check_instruction, json_safe
+from sigma_fast.io.messages import error_line
 
 FORMAT = "webdataset"
 ROLES = {"src": "original", "orig": "original", "original": "original", "source": "original",
@@ -44,7 +45,7 @@ def read(source, skip=0):
             archive = tarfile.open(fileobj=stack.enter_context(sources.open_binary(source)), mode="r|*")
         except READ_ERRORS as error:
             if skip == 0:
-                yield RowFailure(0, sources.name(source), source, f"not a readable tar file ({_one_line(error)})")
+                yield RowFailure(0, sources.name(source), source, f"not a readable tar file ({error_line(error)})")
             return 1
         index, key, parts, member = 0, None, [], None
         try:
@@ -64,18 +65,13 @@ def read(source, skip=0):
             if index >= skip:
                 where = "after the last member" if member is None else f"{member.name!r}"
                 yield RowFailure(index, key if key is not None else sources.name(source), source,
-                                 f"truncated tar member {where} ({_one_line(error)})")
+                                 f"truncated tar member {where} ({error_line(error)})")
             return index + 1
         if key is None:
             return 0
         if index >= skip:
             yield _sample(index, key, parts, source)
         return index + 1
-
-
-def _one_line(error):
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
 def _sample(index, key, parts, source):

@@ -44,7 +44,7 @@ def image_copy(data, decoded):
     pil_format, mode, _ = image_format(data)
     if pil_format in DIRECT_FORMATS and mode in DIRECT_MODES and not decoded.reoriented:
         return extension(pil_format), data, "bytes"
-    return "png", png_bytes(decoded.pixels.numpy()), "rgb_png"
+    return "png", png_bytes(decoded.pixels.cpu().numpy()), "rgb_png"
 
 
 def write_file(folder, relative, data):

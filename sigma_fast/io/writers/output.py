@@ -11,6 +11,7 @@ import os
 from collections import deque
 from concurrent.futures import Future
 
+from sigma_fast.io.messages import one_line
 from sigma_fast.io.writers import benco, quality
 from sigma_fast.io.writers.names import extension, image_format, safe_name
 from sigma_fast.io.writers.shards import SHARDS, commit_shard, shard_dir, start_shard, write_json
@@ -47,7 +48,7 @@ class ShardWriter:
         self.counts = {"rows": 0, "annotated": 0, "failed": 0}
 
     def fail(self, index, key, source, reason):
-        failure = {"index": index, "key": key, "source": source, "reason": quality.clean_reason(reason)}
+        failure = {"index": index, "key": key, "source": source, "reason": one_line(reason)}
         self.pending.append(("failure", failure))
         self._drain(self.window)
 
@@ -65,7 +66,7 @@ class ShardWriter:
             return ("pair", *self._pair_files(name, record, annotation, original, edited))
         except (OSError, ValueError) as error:
             return ("failure", {"index": record.index, "key": record.key, "source": record.meta.get("source"),
-                                "reason": quality.clean_reason(f"could not write outputs: {error}")})
+                                "reason": one_line(f"could not write outputs: {error}")})
 
     def _pair_files(self, name, record, annotation, original, edited):
         change = quality.changed_outside(original.pixels, edited.pixels, annotation.mask)

@@ -23,12 +23,11 @@ GRID = 64
 REGENERATED_LEVEL = 6.0
 MIN_OUTSIDE = 0.02
 SCORE_BINS = 10
-ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 def _grid(pixels):
-    # (H, W, 3) uint8 -> (3, GRID, GRID) float, area average
-    return F.adaptive_avg_pool2d(pixels.permute(2, 0, 1).float()[None], (GRID, GRID))[0]
+    # (H, W, 3) uint8 on any device -> (3, GRID, GRID) float on the CPU, area average
+    return F.adaptive_avg_pool2d(pixels.permute(2, 0, 1).float()[None], (GRID, GRID))[0].cpu()
 
 
 def changed_outside(original, edited, mask):
@@ -53,11 +52,6 @@ def filter_reason(score, regenerated, min_score=None, drop_regenerated=False):
     if drop_regenerated and regenerated:
         return "regenerated"
     return None
-
-
-def clean_reason(reason):
-    """A failure reason without object addresses (PIL names its BytesIO), so reruns write the same bytes."""
-    return ADDRESS.sub("", reason)
 
 
 def reason_category(reason):

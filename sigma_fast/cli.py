@@ -101,11 +101,11 @@ def command_annotate(args):
 def command_annotate_ray(args, corpus):
     if args.devices is not None:
         raise ValueError("--ray places one actor per GPU itself: leave out --devices")
-    try:
-        import ray
-    except ImportError:
-        raise ValueError("--ray needs Ray Data: pip install 'sigma_fast[ray]'") from None
     from functools import partial
+
+    from sigma_fast.errors import require
+
+    ray = require("ray", "ray", "sigma-fast annotate --ray")
 
     from sigma_fast.ray import annotate_corpus_ray
 
@@ -213,7 +213,7 @@ def add_common_options(parser, default):
 
 def build_parser():
     import sigma_fast
-    from sigma_fast.io.corpora import FORMATS
+    from sigma_fast.io.corpora import BENCHMARK_FORMATS, FORMATS
 
     parser = argparse.ArgumentParser(prog="sigma-fast", description="SIGMA edit-mask annotation, fast.")
     parser.add_argument("--version", action="version", version=f"sigma-fast {sigma_fast.__version__}")
@@ -261,7 +261,8 @@ def build_parser():
     eval_source = evaluate.add_mutually_exclusive_group(required=True)
     eval_source.add_argument("--input", nargs="+", metavar="PATH_OR_GLOB", help="corpus or benchmark with masks")
     eval_source.add_argument("--manifest", help="short for --format manifest --input MANIFEST (rows with a mask column)")
-    evaluate.add_argument("--format", default=None, choices=FORMATS, help="the input's schema (default: detected)")
+    evaluate.add_argument("--format", default=None, choices=FORMATS + BENCHMARK_FORMATS,
+                          help="the input's schema (default: detected; benchmark layouts are named, never detected)")
     evaluate.add_argument("--out", default=None,
                           help="folder for eval_summary.json, eval_pairs.jsonl and report.html")
     evaluate.add_argument("--methods", default="sigma",
@@ -275,7 +276,8 @@ def build_parser():
     evaluate.add_argument("--dev-input", default=None,
                           help="dev split calibrating the feature baseline's threshold (default: a held-out "
                                "--dev-fraction of the input, left out of every table)")
-    evaluate.add_argument("--dev-format", default=None, choices=FORMATS, help="--dev-input's schema (default: detected)")
+    evaluate.add_argument("--dev-format", default=None, choices=FORMATS + BENCHMARK_FORMATS,
+                          help="--dev-input's schema (default: detected)")
     evaluate.add_argument("--dev-fraction", type=float, default=0.2,
                           help="share of the input held out for calibration without --dev-input (default 0.2)")
     evaluate.add_argument("--feature-threshold", type=float, default=None,

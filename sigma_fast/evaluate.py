@@ -106,6 +106,8 @@ def decode_with_mask(record, resize_masks=False):
     """PairRecord -> (record, original, edited, gt bool (H, W)) as uint8 tensors, or (record, reason).
     The mask is read by its corpus format's rule (`sigma_fast.metrics.mask_rule`); one of another
     size than the edited image is a failure unless `resize_masks`."""
+    if record.original is None:  # CocoGlide, SID_Set, OpenSDI, IMDL-BenCo sets: one image per row
+        return record, "single-image benchmark row: every method here compares an original with its edit"
     if record.mask is None:
         return record, "no ground-truth mask in this row"
     decoded = decode_record(record)

@@ -94,3 +94,15 @@ def test_eval_sigma_pixel_feature_jpeg_sweep_end_to_end(tmp_path, capsys):
     loaded, total = images_loaded_in_chromium(str(out / "report.html"))
     assert total >= 1 + 2 * 6 and loaded == total  # the plot and two gallery rows of six panels at least
     assert screenshot_is_not_blank(str(out / "report.html"))
+
+
+def test_single_image_benchmark_rows_are_skipped_with_their_reason(tmp_path, capsys):
+    from corpus_fixtures import write_benchmark
+
+    out = tmp_path / "eval"
+    assert main(["eval", "--input", write_benchmark("sid_set", tmp_path / "sid"), "--format", "sid_set",
+                 "--methods", "pixel", "--out", str(out), "--quiet", "--json"]) == 0
+    summary = json.loads((out / "eval_summary.json").read_text())
+    assert summary["failures"] and {failure["reason"] for failure in summary["failures"]} == {
+        "single-image benchmark row: every method here compares an original with its edit"}
+    assert json.loads(capsys.readouterr().out)["skipped"] == len(summary["failures"])

@@ -18,7 +18,7 @@ def _fsspec():
     try:
         import fsspec
     except ImportError:
-        raise ValueError("reading URLs needs fsspec (pip install fsspec)") from None
+        raise ValueError("reading URLs needs fsspec: pip install 'sigma-fast[fsspec]'") from None
     return fsspec
 
 

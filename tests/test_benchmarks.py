@@ -86,7 +86,7 @@ def test_magicbrush_and_ultraedit_masks_come_through(tmp_path):
 
 
 def test_imdlbenco_reads_benchmark_masks_as_we_do(tmp_path, monkeypatch):
-    from test_pipeline import imdlbenco_datasets
+    from imdlbenco import imdlbenco_datasets
 
     datasets = imdlbenco_datasets()
     path = write_benchmark("benco_json", tmp_path)

@@ -1,12 +1,9 @@
-import importlib.util
 import io
-import os
-import sys
-import types
 
 import numpy as np
 import pytest
 import torch
+from imdlbenco import imdlbenco_evaluation
 from PIL import Image
 
 from sigma_fast.metrics import (PixelMetrics, ValueCounts, load_ground_truth, mask_rule, pixel_scores,
@@ -161,45 +158,6 @@ def test_ground_truth_rules_and_sizes():
 
 
 # ---------------------------------------------------------------- IMDL-BenCo 0.1.45's own evaluators
-
-def imdlbenco_evaluation():
-    """IMDL-BenCo's evaluation modules (F1, IOU, AUC) loaded from their files: its package import
-    pulls timm and torchvision, so its package, `misc` and (when absent) sklearn are stood in for."""
-    folder = os.environ.get("SIGMA_FAST_IMDLBENCO")
-    if folder is None:
-        spec = importlib.util.find_spec("IMDLBenCo")
-        if spec is None or not spec.submodule_search_locations:
-            print("IMDL-BenCo equality test skipped: IMDLBenCo is not installed and SIGMA_FAST_IMDLBENCO is unset")
-            pytest.skip("IMDL-BenCo is not installed (set SIGMA_FAST_IMDLBENCO to its source folder)")
-        folder = spec.submodule_search_locations[0]
-    package = types.ModuleType("IMDLBenCo.evaluation")
-    package.__path__ = [os.path.join(folder, "evaluation")]
-    misc = types.SimpleNamespace(get_world_size=lambda: 1, get_rank=lambda: 0)
-    stand_ins = {"IMDLBenCo": types.ModuleType("IMDLBenCo"), "IMDLBenCo.evaluation": package,
-                 "IMDLBenCo.training_scripts": types.ModuleType("IMDLBenCo.training_scripts"),
-                 "IMDLBenCo.training_scripts.utils": types.SimpleNamespace(misc=misc)}
-    if importlib.util.find_spec("sklearn") is None:  # imported at module level, used only in their demos
-        stand_ins["sklearn"] = types.ModuleType("sklearn")
-        stand_ins["sklearn.metrics"] = types.SimpleNamespace(f1_score=None, roc_auc_score=None, jaccard_score=None)
-    names = ("abstract_class", "F1", "IOU", "AUC")
-    saved = {name: sys.modules.get(name) for name in [*stand_ins, *(f"IMDLBenCo.evaluation.{n}" for n in names)]}
-    sys.modules.update(stand_ins)
-    try:
-        modules = {}
-        for name in names:
-            spec = importlib.util.spec_from_file_location(f"IMDLBenCo.evaluation.{name}",
-                                                          os.path.join(folder, "evaluation", f"{name}.py"))
-            modules[name] = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = modules[name]
-            spec.loader.exec_module(modules[name])
-        return modules
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
-
 
 def benco_cases():
     """(prediction, ground truth) pairs: untied random scores, partial, empty and tiny masks."""

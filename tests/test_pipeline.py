@@ -1,7 +1,6 @@
 """`sigma-fast annotate` end to end on the CPU with the embedded demo model: every corpus format,
 the SIGKILL/resume byte-identity check on a real subprocess, settings refusal, bad input."""
 import filecmp
-import importlib.util
 import itertools
 import json
 import os
@@ -10,11 +9,9 @@ import subprocess
 import sys
 import threading
 import time
-import types
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from sigma_fast import cli
@@ -23,6 +20,7 @@ from sigma_fast.io.corpora import FORMATS, open_corpus
 from sigma_fast.pipeline import ShardPlan, ShardRows, annotate_corpus, run_shards, writer_options
 
 from corpus_fixtures import write_fixture
+from imdlbenco import imdlbenco_datasets
 
 
 @pytest.fixture(scope="module")
@@ -150,46 +148,6 @@ def test_a_missing_input_fails_before_the_model_loads(tmp_path, capsys, monkeypa
     error = capsys.readouterr().err
     assert len(error.strip().splitlines()) == 1 and "sigma-fast: error" in error
     assert cli.main(["annotate", "--manifest", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o")]) == 2
-
-
-def imdlbenco_datasets():
-    """IMDL-BenCo's dataset classes, loaded from its files (its package import pulls timm and
-    torchvision; here only its registry, transforms and cv2 are stood in for). Skips when absent:
-    install IMDLBenCo or point SIGMA_FAST_IMDLBENCO at a checkout's `IMDLBenCo` folder."""
-    folder = os.environ.get("SIGMA_FAST_IMDLBENCO")
-    if folder is None:
-        spec = importlib.util.find_spec("IMDLBenCo")
-        if spec is None or not spec.submodule_search_locations:
-            pytest.skip("IMDL-BenCo is not installed (set SIGMA_FAST_IMDLBENCO to its source folder)")
-        folder = spec.submodule_search_locations[0]
-    registry = types.SimpleNamespace(register_module=lambda *a, **k: (lambda cls: cls))
-    stand_ins = {"IMDLBenCo": types.ModuleType("IMDLBenCo"), "IMDLBenCo.datasets": types.ModuleType("IMDLBenCo.datasets"),
-                 "IMDLBenCo.registry": types.SimpleNamespace(DATASETS=registry),
-                 "IMDLBenCo.transforms": types.SimpleNamespace(
-                     get_albu_transforms=lambda **_: lambda image, masks: {  # albumentations' ToTensorV2 at the end
-                         "image": torch.from_numpy(image), "masks": [torch.from_numpy(mask) for mask in masks]},
-                     EdgeMaskGenerator=None)}
-    stand_ins["IMDLBenCo.datasets"].__path__ = [os.path.join(folder, "datasets")]
-    if importlib.util.find_spec("cv2") is None:
-        stand_ins["cv2"] = types.ModuleType("cv2")
-    saved = {name: sys.modules.get(name) for name in [*stand_ins, "IMDLBenCo.datasets.utils",
-                                                       "IMDLBenCo.datasets.abstract_dataset"]}
-    sys.modules.update(stand_ins)
-    try:
-        modules = {}
-        for name in ("utils", "abstract_dataset", "iml_datasets"):
-            spec = importlib.util.spec_from_file_location(f"IMDLBenCo.datasets.{name}",
-                                                          os.path.join(folder, "datasets", f"{name}.py"))
-            modules[name] = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = modules[name]
-            spec.loader.exec_module(modules[name])
-        return modules["iml_datasets"]
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
 
 
 def test_imdl_benco_loads_our_dataset(annotator, tmp_path):

@@ -1,6 +1,6 @@
 """Plain PyTorch twins of the fused Triton kernels: the oracle in tests and the CPU fallback.
 
-Shapes and semantics are the contracts of DESIGN.md; the fused versions must match these.
+Each function states the shapes and semantics its fused version must match.
 """
 import torch
 import torch.nn.functional as F

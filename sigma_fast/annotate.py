@@ -1,6 +1,7 @@
 """The annotation API: `Annotator` and the module-level `annotate_batch`."""
 import contextlib
 import functools
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -17,7 +18,10 @@ from sigma_fast.model.graphs import GraphCache
 
 CHECKPOINT_ENV = "SIGMA_FAST_CHECKPOINT"
 EMBEDDED_CHECKPOINT = os.path.join(os.path.dirname(__file__), "assets", "demo_model")
-PRIOR_MODES = ("none", "grounded")
+PRIOR_MODES = ("none", "grounded", "auto")
+GROUNDING_LOAD_ERRORS = (OSError, ValueError, ImportError)  # missing folder, not cached offline, bad id, no extra
+
+logger = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
 FP8 = "fp8"  # the model in bf16, the backbone's GEMMs in FP8
@@ -30,7 +34,9 @@ class Annotation:
     """One pair's result: `mask` uint8 (H, W) in {0, 255} and `prob` (H, W) float32 (float16, or
     None, when asked so: see `Annotator.submit_images`), both at the edited image's size; `score` in
     [0, 1] (see `sigma_fast.ops.reference.mask_score`); `edit` the parsed instruction. With a
-    grounded prior, `prior` is the (g, g) prior the model used, `prior_flat` says whether grounding fell back to a flat prior, and `boxes` lists the detections."""
+    grounded prior, `prior` is the (g, g) prior the model used, `prior_flat` says whether grounding fell back to a flat prior, and `boxes` lists the detections.
+    `prior_mode` is how the prior was made: "grounded", or "none" (flat, also when `auto` found no
+    grounding models)."""
 
     mask: np.ndarray
     prob: Optional[np.ndarray]
@@ -39,6 +45,7 @@ class Annotation:
     prior: Optional[np.ndarray] = None
     prior_flat: bool = True
     boxes: list = field(default_factory=list)
+    prior_mode: str = "none"
 
 
 def default_checkpoint():
@@ -91,7 +98,10 @@ class Annotator:
     grounding, pre- and post-processing run outside it. `dtype="fp8"` runs the model in bf16 with
     the backbone's GEMMs in FP8 (`self.dtype` is then bf16, `self.precision` "fp8").
     `prior="none"` gives the model a flat prior; `prior="grounded"` grounds the parsed concepts
-    with a `Grounder` (Grounding DINO + SAM 2; `grounder=None` loads the default one on first use).
+    with a `Grounder` (Grounding DINO + SAM 2; `grounder=None` loads the default one on first use);
+    `prior="auto"` grounds when `grounder` is given or the grounding models load from local folders or
+    the hub cache (`grounding_options`: Grounder.from_pretrained keywords such as detector, segmenter,
+    cache_dir), and gives the flat prior otherwise, with one warning. `self.grounding` says which.
 
     Safe to call from several threads at once: the parser and text encoder (HF tokenizers are not
     re-entrant), the grounder and Triton's CPU interpreter are entered by one thread at a time,
@@ -99,7 +109,7 @@ class Annotator:
     """
 
     def __init__(self, model, device=None, dtype=None, batch_size=16, threshold=None, parser=parse_instruction,
-                 prior="none", grounder=None, cuda_graphs=True):
+                 prior="none", grounder=None, cuda_graphs=True, grounding_options=None):
         if prior not in PRIOR_MODES:
             raise ValueError(f"prior must be one of {PRIOR_MODES}, got {prior!r}")
         if batch_size < 1:
@@ -116,6 +126,9 @@ class Annotator:
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
         self._forward = GraphCache(self.model, self.device, self.dtype) if self.cuda_graphs else self.model
         self._grounder = grounder
+        self.grounding_options = dict(grounding_options or {})
+        if prior == "auto" and grounder is None:
+            self._grounder = self._load_local_grounder()
         self._text_lock = threading.Lock()
         self._grounding_lock = threading.RLock()
         self._interpreter_lock = threading.Lock()
@@ -126,8 +139,26 @@ class Annotator:
             if self._grounder is None:
                 from sigma_fast.grounding import Grounder
 
-                self._grounder = Grounder.from_pretrained(device=self.device)
+                self._grounder = Grounder.from_pretrained(device=self.device, **self.grounding_options)
             return self._grounder
+
+    @property
+    def grounding(self):
+        """Whether pairs get a grounded prior: mode "grounded", or "auto" with grounding models found."""
+        return self.prior_mode == "grounded" or (self.prior_mode == "auto" and self._grounder is not None)
+
+    def _load_local_grounder(self):
+        """The grounding models from local folders or the hub cache (never a download), or None."""
+        from sigma_fast.grounding import Grounder
+        from sigma_fast.model.sigma import quiet_loading
+
+        try:
+            with quiet_loading():
+                return Grounder.from_pretrained(device=self.device, local_files_only=True, **self.grounding_options)
+        except GROUNDING_LOAD_ERRORS as error:
+            logger.warning("prior auto: the grounding models are not available offline (%s); annotating with the "
+                           "flat prior", " ".join(str(error).split())[:300])
+            return None
 
     @classmethod
     def from_pretrained(cls, path_or_id=None, device=None, dtype=None, **kwargs):
@@ -172,13 +203,13 @@ class Annotator:
         threshold = self.threshold if threshold is None else threshold
         count, padding = len(originals), self.batch_size - len(originals)
         with self._text_lock:
-            edits = [self.parser(text) for text in instructions]
+            edits = parse_all(self.parser, instructions)
             tokens, text_mask = self.model.encode_text(pad(instructions, padding), pad(edits, padding))
         x_orig, x_edit = ops.preprocess_pairs([x.to(self.device) for x in pad(originals, padding)],
                                               [x.to(self.device) for x in pad(editeds, padding)],
                                               size=self.image_size, dtype=self.dtype)
         prior, flat, boxes = None, [True] * count, [[] for _ in edits]
-        if self.prior_mode == "grounded":
+        if self.grounding:
             with self._grounding_lock:
                 grounding = self.grounder.priors(originals, editeds, edits, self.model.grid)
             prior, flat, boxes = grounding.prior, grounding.flat.tolist(), grounding.boxes
@@ -192,7 +223,8 @@ class Annotator:
         host = HostChunk(
             masks=to_host(torch.cat([mask.reshape(-1) for mask in masks])), sizes=sizes, scores=to_host(scores.float()),
             probs=None if prob_dtype is None else to_host(torch.cat([p.to(prob_dtype).reshape(-1) for p in probs[0]])),
-            priors=None if prior is None else to_host(prior[:count].float()), edits=edits, flat=flat, boxes=boxes)
+            priors=None if prior is None else to_host(prior[:count].float()), edits=edits, flat=flat, boxes=boxes,
+            mode="grounded" if self.grounding else "none")
         if self.device.type == "cuda":
             host.event = torch.cuda.Event()
             host.event.record()
@@ -226,6 +258,7 @@ class HostChunk:
     edits: list
     flat: list
     boxes: list
+    mode: str = "none"
     event: Optional[object] = None
 
     def annotations(self):
@@ -239,7 +272,8 @@ class HostChunk:
                 self.masks[span].view(height, width).numpy(),
                 None if self.probs is None else self.probs[span].view(height, width).numpy(),
                 float(self.scores[index]), self.edits[index],
-                None if self.priors is None else self.priors[index].numpy(), self.flat[index], self.boxes[index]))
+                None if self.priors is None else self.priors[index].numpy(), self.flat[index], self.boxes[index],
+                self.mode))
         return results
 
 
@@ -251,6 +285,13 @@ class PendingAnnotations:
 
     def result(self):
         return [annotation for chunk in self.chunks for annotation in chunk.annotations()]
+
+
+def parse_all(parser, instructions):
+    """Parsed edits, one per instruction: in one batch where the parser has one (the LLM parser)."""
+    if hasattr(parser, "parse_batch"):
+        return parser.parse_batch(list(instructions))
+    return [parser(text) for text in instructions]
 
 
 def pad(items, count):

@@ -7,7 +7,7 @@ import sys
 import traceback
 
 
-def add_model_options(parser):
+def add_model_options(parser, prior="none"):
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint folder or hub id (default: $SIGMA_FAST_CHECKPOINT, else the embedded demo model)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -19,14 +19,36 @@ def add_model_options(parser):
     parser.add_argument("--no-cuda-graphs", action="store_true",
                         help="run the model eagerly instead of replaying a captured CUDA graph per batch")
     parser.add_argument("--threshold", type=float, default=None, help="mask threshold (default: the checkpoint's, 0.5)")
-    parser.add_argument("--prior", default="none", choices=["none", "grounded"],
-                        help="spatial prior: flat, or grounded with Grounding DINO + SAM 2 (default none)")
+    parser.add_argument("--prior", default=prior, choices=["none", "grounded", "auto"],
+                        help="spatial prior: flat, grounded with Grounding DINO + SAM 2, or auto: grounded when "
+                             f"those models load offline (folders, hub cache), else flat with a warning (default {prior})")
+    add_grounding_options(parser)
+
+
+def add_grounding_options(parser):
     parser.add_argument("--detector", default="IDEA-Research/grounding-dino-tiny",
-                        help="Grounding DINO hub id or folder (with --prior grounded)")
+                        help="Grounding DINO hub id or folder (with a grounded prior)")
     parser.add_argument("--segmenter", default="facebook/sam2.1-hiera-tiny",
-                        help="SAM 2 hub id or folder (with --prior grounded)")
+                        help="SAM 2 hub id or folder (with a grounded prior)")
     parser.add_argument("--grounding-cache", default=None,
-                        help="folder caching grounding results by image hash and concept (with --prior grounded)")
+                        help="folder caching grounding results by image hash and concept (with a grounded prior)")
+
+
+def add_parser_options(parser, default="rules"):
+    parser.add_argument("--parser", default=default, choices=["rules", "llm"],
+                        help="instruction parser: the rules, or a causal LM (parses cached per instruction; when "
+                             f"the model cannot be loaded, one warning and the rules) (default {default or 'data.parser'})")
+    parser.add_argument("--parser-model", default=None, metavar="PATH_OR_ID",
+                        help="the LLM parser's model folder or hub id (default Qwen/Qwen2.5-1.5B-Instruct)")
+
+
+def load_parser_option(args):
+    """The parser --parser names; its parses are cached in ~/.cache/sigma_fast/parses."""
+    from sigma_fast.annotate import resolve_device
+    from sigma_fast.grounding.parsers import load_parser
+
+    return load_parser(getattr(args, "parser", "rules"), getattr(args, "parser_model", None),
+                       device=resolve_device(args.device))
 
 
 def add_run_options(parser):
@@ -68,7 +90,10 @@ def load_annotator(args):
                                             device=resolve_device(args.device), cache_dir=args.grounding_cache)
     return Annotator.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype,
                                      batch_size=args.batch_size, threshold=args.threshold, prior=args.prior,
-                                     grounder=grounder, cuda_graphs=not args.no_cuda_graphs)
+                                     grounder=grounder, cuda_graphs=not args.no_cuda_graphs,
+                                     parser=load_parser_option(args),
+                                     grounding_options={"detector": args.detector, "segmenter": args.segmenter,
+                                                        "cache_dir": args.grounding_cache})
 
 
 def command_annotate(args):
@@ -167,6 +192,16 @@ def command_eval(args):
     return 0
 
 
+def command_train_parsed(args):
+    """train's --parser and --parser-model are short for --set data.parser=... and data.parser_model=..."""
+    from sigma_fast.train.cli import command_train
+
+    for key, value in (("data.parser", args.parser), ("data.parser_model", args.parser_model)):
+        if value is not None:
+            args.overrides.append(f"{key}={json.dumps(value)}")  # quoted: a path is read as a string
+    return command_train(args)
+
+
 def command_demo(args):
     from sigma_fast.demo import run_demo
 
@@ -174,6 +209,27 @@ def command_demo(args):
     summarize(args, f"demo annotated {summary.annotated} pair(s)", {
         "annotated": summary.annotated, "already_done": summary.skipped_finished, "failed": summary.failed,
         "dataset": shown_path(dataset), "report": shown_path(page)})
+    return 0
+
+
+def command_prior(args):
+    from sigma_fast.annotate import resolve_device
+    from sigma_fast.errors import check_device
+    from sigma_fast.grounding import Grounder
+    from sigma_fast.io.corpora import open_corpus
+    from sigma_fast.priors import compute_priors
+
+    for name in ("batch_size", "grid"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    corpus = open_corpus(args.input if len(args.input) > 1 else args.input[0], format=args.format, limit=args.limit)
+    check_device(args.device)
+    grounder = Grounder.from_pretrained(detector=args.detector, segmenter=args.segmenter,
+                                        device=resolve_device(args.device), cache_dir=args.grounding_cache,
+                                        batch_size=args.batch_size)
+    counts = compute_priors(corpus, args.out, grounder, args.grid, batch_size=args.batch_size,
+                            parser=load_parser_option(args), progress=not args.quiet)
+    summarize(args, f"priors in {shown_path(args.out)}", {**counts, "out": shown_path(args.out)})
     return 0
 
 
@@ -199,6 +255,7 @@ EXAMPLES = {
     "demo": "sigma-fast demo --out sigma_fast_demo",
     "train": "sigma-fast train --stage 1 --config configs/quickstart_stage1.yaml",
     "synth": "sigma-fast synth --out data/train --pairs 64",
+    "prior": "sigma-fast prior --format magicbrush --input data/magicbrush --out priors/magicbrush --grid 37",
 }
 
 
@@ -230,7 +287,8 @@ def build_parser():
     annotate.add_argument("--format", default=None, choices=FORMATS,
                           help="corpus schema (default: detected from the file suffix or parquet columns)")
     annotate.add_argument("--out", required=True, help="output folder (re-running with the same settings resumes it)")
-    add_model_options(annotate)
+    add_model_options(annotate, prior="auto")
+    add_parser_options(annotate)
     add_run_options(annotate)
     annotate.add_argument("--shard-size", type=int, default=1000, help="rows per output shard (default 1000)")
     annotate.add_argument("--writer", default="benco", choices=["benco", "webdataset", "both"],
@@ -288,6 +346,7 @@ def build_parser():
     evaluate.add_argument("--resize-masks", action="store_true",
                           help="resize a mask of another size than its edited image (default: skip the pair)")
     add_model_options(evaluate)
+    add_parser_options(evaluate)
     add_run_options(evaluate)
     evaluate.set_defaults(run=command_eval)
 
@@ -297,11 +356,12 @@ def build_parser():
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(run=command_demo)
 
-    from sigma_fast.train.cli import add_train_arguments, command_train
+    from sigma_fast.train.cli import add_train_arguments
 
     train = commands.add_parser("train", help="train the SIGMA head (Stage I or II; torchrun for several GPUs)")
     add_train_arguments(train)
-    train.set_defaults(run=command_train)
+    add_parser_options(train, default=None)  # None: the config's data.parser
+    train.set_defaults(run=command_train_parsed)
 
     synth = commands.add_parser(
         "synth", help="write N synthetic edit pairs with exact masks and a manifest (offline training data)")
@@ -314,6 +374,24 @@ def build_parser():
                             "(trains a small model on first use: minutes on a CPU; cached)")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(run=command_synth)
+
+    prior = commands.add_parser(
+        "prior", help="precompute the grounded spatial priors of a corpus for training (data.priors)")
+    prior.add_argument("--input", nargs="+", required=True, metavar="PATH_OR_GLOB",
+                       help="corpus files, globs, folders or fsspec URLs (read in sorted order)")
+    prior.add_argument("--format", default=None, choices=FORMATS,
+                       help="corpus schema (default: detected from the file suffix or parquet columns)")
+    prior.add_argument("--out", required=True,
+                       help="prior store folder (re-running resumes it: pairs already there are skipped)")
+    prior.add_argument("--grid", type=int, default=37,
+                       help="prior side in patches: the model's image_size / 14 (default 37, for 518)")
+    add_grounding_options(prior)
+    prior.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    prior.add_argument("--batch-size", type=int, default=8, help="pairs per grounding call (default 8)")
+    add_parser_options(prior)
+    prior.add_argument("--limit", type=int, default=None, help="process only the first N rows")
+    prior.add_argument("--quiet", action="store_true", help="no progress bar")
+    prior.set_defaults(run=command_prior)
 
     for name, subparser in commands.choices.items():
         add_common_options(subparser, argparse.SUPPRESS)

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 CONFIG_NAME = "config.json"
+# What the numbers in `taps` mean (see SigmaConfig).
+HF_HIDDEN_STATES, DINOV2_BLOCKS = "hf_hidden_states", "dinov2_blocks"
+TAP_CONVENTIONS = (HF_HIDDEN_STATES, DINOV2_BLOCKS)
 
 
 @dataclass
@@ -15,10 +18,17 @@ class SigmaConfig:
 
     A relative `backbone`/`text_encoder` path in a saved config resolves against the checkpoint
     folder, so a checkpoint that ships its small encoders beside it stays relocatable.
+
+    `taps` are read in `tap_convention`. The paper's "layers 2, 5 and 11 of the ViT-Base" can mean
+    either; "hf_hidden_states" (the default, and what configs without the field mean): Hugging
+    Face's `hidden_states[i]`, 1-based block outputs, so (2, 5, 11) taps the outputs of blocks 2, 5
+    and 11 of 12. "dinov2_blocks": DINOv2's `get_intermediate_layers` 0-based block indices, so
+    (2, 5, 11) taps the outputs of blocks 3, 6 and 12 (HF `hidden_states[3, 6, 12]`).
     """
 
     backbone: str = "facebook/dinov2-base"
-    taps: Tuple[int, ...] = (2, 5, 11)  # 1-based layers, i.e. HF hidden_states[i]
+    taps: Tuple[int, ...] = (2, 5, 11)  # layer indices in `tap_convention`
+    tap_convention: str = HF_HIDDEN_STATES
     image_size: int = 518
     text_encoder: str = "openai/clip-vit-base-patch32"
     max_text_tokens: int = 32  # per text segment (instruction, source, target)
@@ -35,8 +45,11 @@ class SigmaConfig:
     def __post_init__(self):
         self.taps = tuple(int(t) for t in self.taps)
         self.decoder_channels = tuple(int(c) for c in self.decoder_channels)
-        if not self.taps or min(self.taps) < 1 or list(self.taps) != sorted(set(self.taps)):
-            raise ValueError(f"taps must be increasing 1-based layer indices, got {self.taps}")
+        if self.tap_convention not in TAP_CONVENTIONS:
+            raise ValueError(f"tap_convention must be one of {TAP_CONVENTIONS}, got {self.tap_convention!r}")
+        first = 1 if self.tap_convention == HF_HIDDEN_STATES else 0
+        if not self.taps or min(self.taps) < first or list(self.taps) != sorted(set(self.taps)):
+            raise ValueError(f"taps must be increasing layer indices >= {first} ({self.tap_convention}), got {self.taps}")
         if self.dim % self.refine_heads:
             raise ValueError(f"dim {self.dim} is not divisible by refine_heads {self.refine_heads}")
         if not 0.0 < self.threshold < 1.0:

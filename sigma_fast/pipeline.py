@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
+from sigma_fast.grounding import parse_instruction
 from sigma_fast.io.corpora import PairRecord, open_corpus
 from sigma_fast.io.decode import PairDecoder, choose_backend
 from sigma_fast.io.writers.output import WRITERS, ShardWriter, finish_run
@@ -87,6 +88,13 @@ def annotate_ready(annotator, ready):
     return submit_ready(annotator, ready).result()
 
 
+def parser_name(parser):
+    """"rules", or the LLM parser's model id (its class name when built around a model object)."""
+    if parser is parse_instruction:
+        return "rules"
+    return getattr(parser, "model_id", None) or type(parser).__name__
+
+
 def run_settings(annotator, corpus, out_dir, shard_size, writers, negatives, manidataset, min_score,
                  drop_regenerated):
     """What decides the output's bytes; stored in run.json and compared on a re-run."""
@@ -94,7 +102,9 @@ def run_settings(annotator, corpus, out_dir, shard_size, writers, negatives, man
 
     return {
         "version": __version__, "checkpoint_sha256": model_hash(annotator.model),
-        "threshold": float(annotator.threshold), "prior": annotator.prior_mode, "image_size": annotator.image_size,
+        "threshold": float(annotator.threshold), "prior": annotator.prior_mode,
+        "grounding": annotator.grounding, "parser": parser_name(annotator.parser),
+        "image_size": annotator.image_size,
         "precision": annotator.precision, "device": annotator.device.type, "batch_size": annotator.batch_size,
         "decoder": choose_backend(annotator.device)[0],  # GPU decoders may differ from PIL by a few levels
         "shard_size": shard_size, "writers": list(writers), "negatives": negatives, "manidataset": manidataset,

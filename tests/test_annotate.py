@@ -218,3 +218,38 @@ def test_fp8_masks_agree_with_bf16_on_the_gpu():
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 GEMMs need Ada, Hopper or newer")
     assert fp8_agreement("cuda") >= 0.97
+
+
+def test_prior_auto_falls_back_to_flat_offline(tiny_checkpoint, annotator, tmp_path, caplog, monkeypatch):
+    import logging
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    caplog.set_level(logging.WARNING)
+    missing = {"detector": str(tmp_path / "no_detector"), "segmenter": str(tmp_path / "no_segmenter")}
+    auto = Annotator.from_pretrained(tiny_checkpoint, device="cpu", batch_size=2, prior="auto",
+                                     grounding_options=missing)
+    assert not auto.grounding and caplog.text.count("prior auto") == 1
+    originals, editeds, instructions = pairs()
+    results = auto.annotate_batch(originals, editeds, instructions)
+    flat = annotator.annotate_batch(originals, editeds, instructions)
+    assert caplog.text.count("prior auto") == 1  # warned once, not per batch
+    for result, expected in zip(results, flat):
+        assert result.prior_flat and result.prior_mode == "none" and result.prior is None
+        np.testing.assert_array_equal(result.prob, expected.prob)
+
+
+def test_prior_auto_grounds_with_a_grounder(tiny_checkpoint):
+    class Half:  # a grounder whose prior is 0.5 everywhere
+        def priors(self, originals, editeds, edits, grid):
+            from sigma_fast.grounding import GroundingResult
+
+            return GroundingResult(prior=torch.full((len(originals), grid, grid), 0.5),
+                                   flat=torch.zeros(len(originals), dtype=torch.bool), boxes=[[] for _ in originals])
+
+    auto = Annotator.from_pretrained(tiny_checkpoint, device="cpu", batch_size=2, prior="auto", grounder=Half())
+    originals, editeds, instructions = pairs()
+    results = auto.annotate_batch(originals, editeds, instructions)
+    assert auto.grounding and all(r.prior_mode == "grounded" and not r.prior_flat for r in results)
+    assert np.allclose(results[0].prior, 0.5)
+    with pytest.raises(ValueError, match="prior must be one of"):
+        Annotator.from_pretrained(tiny_checkpoint, device="cpu", prior="sometimes")

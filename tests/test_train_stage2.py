@@ -166,14 +166,16 @@ def test_augmentation_is_identical_on_both_images_and_the_label():
     batch = pair_batch(4)
     config = AugmentConfig(translate=0.2)
     weight = torch.ones(4, SIZE, SIZE)
-    original, edited, label, kept = augment_pairs(batch["original"], batch["edited"], batch["mask"], weight, config,
-                                                  torch.Generator().manual_seed(1))
+    flat = torch.ones(4, 4, 4)
+    original, edited, label, kept, prior = augment_pairs(batch["original"], batch["edited"], batch["mask"], weight,
+                                                         flat, config, torch.Generator().manual_seed(1))
+    assert torch.equal(prior, flat)  # a flat prior stays flat wherever the pixels move
     assert original.dtype == torch.uint8 and original.shape == batch["original"].shape
     assert not torch.equal(original, batch["original"])
     assert (kept == 0).any() and (kept == 1).any()  # pixels moved in from outside the frame are ignored
     # an unedited pair stays identical: same photometric and geometric transform, same noise
-    same, same_edited, _, _ = augment_pairs(batch["original"], batch["original"], batch["mask"], weight, config,
-                                            torch.Generator().manual_seed(1))
+    same, same_edited, *_ = augment_pairs(batch["original"], batch["original"], batch["mask"], weight, flat,
+                                          config, torch.Generator().manual_seed(1))
     assert torch.equal(same, same_edited)
     # where the augmented images differ is where the augmented label is
     changed = ((original.int() - edited.int()).abs().amax(-1) > 0).float() * kept
@@ -182,12 +184,24 @@ def test_augmentation_is_identical_on_both_images_and_the_label():
     assert iou > 0.85
 
 
+def test_augmentation_moves_the_prior_with_the_pixels():
+    batch = pair_batch(4)
+    weight = torch.ones(4, SIZE, SIZE)
+    config = AugmentConfig(translate=0.0, rotate_degrees=0.0, scale=(1.0, 1.0), hflip=1.0, resave=0.0)
+    prior = torch.zeros(4, 8, 8)
+    prior[:, :, :2] = 1.0  # the left quarter
+    _, _, label, _, moved = augment_pairs(batch["original"], batch["edited"], batch["mask"], weight, prior, config,
+                                          torch.Generator().manual_seed(1))
+    assert torch.equal(label, batch["mask"].flip(-1))  # a flip of every pair ...
+    assert torch.allclose(moved, prior.flip(-1))  # ... flips the prior the same way
+
+
 def test_resave_changes_the_edited_image_only():
     batch = pair_batch(4)
     weight = torch.ones(4, SIZE, SIZE)
 
     def augmented(**resave):
-        return augment_pairs(batch["original"], batch["edited"], batch["mask"], weight,
+        return augment_pairs(batch["original"], batch["edited"], batch["mask"], weight, torch.ones(4, 4, 4),
                              AugmentConfig(translate=0.2, **resave), torch.Generator().manual_seed(1))
 
     plain, resaved = augmented(), augmented(resave=1.0, resave_scale=(0.5, 0.5), resave_quality=(30, 30))
@@ -282,3 +296,25 @@ def test_stage2_run_calibrates_self_trains_and_resumes_exactly(tiny_checkpoint, 
     ablated = train(config(tmp_path / "no_ema", **{"stage2.ema.enabled": False, "optim.steps": 1}), progress=False)
     assert ablated["step"] == 1
     assert "ema_bce" not in (tmp_path / "no_ema" / "train.csv").read_text().splitlines()[0]
+
+
+def test_the_teacher_sees_the_students_prior(tiny_checkpoint, monkeypatch):
+    import contextlib
+    from types import SimpleNamespace
+
+    from sigma_fast.train.config import EmaConfig, Stage2Config
+    from sigma_fast.train.loop import Trainer
+
+    model = tiny_model(tiny_checkpoint)
+    teacher = EmaTeacher(model, decay=0.999)
+    seen, real = [], teacher.model.forward
+    monkeypatch.setattr(teacher.model, "forward", lambda *args: seen.append(args[4]) or real(*args))
+    batch = pair_batch(2)
+    batch["prior"] = torch.rand(2, model.grid, model.grid, generator=torch.Generator().manual_seed(0))
+    flip = AugmentConfig(hflip=1.0, rotate_degrees=0.0, scale=(1.0, 1.0), translate=0.0)
+    trainer = SimpleNamespace(model=model, teacher=teacher, grid=model.grid, device=torch.device("cpu"),
+                              config=SimpleNamespace(stage2=Stage2Config(ema=EmaConfig(augment=flip))),
+                              autocast=contextlib.nullcontext)
+    *_, student_prior = Trainer._unlabelled_inputs(trainer, batch, torch.Generator().manual_seed(0))
+    assert len(seen) == 1 and torch.equal(seen[0], batch["prior"])  # the teacher: the stored prior
+    assert torch.allclose(student_prior, batch["prior"].flip(-1))  # the student: it, flipped with its pixels

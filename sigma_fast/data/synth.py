@@ -21,6 +21,8 @@ A pair is made in four steps:
 The mask rule (exact; see `synth_edit`): before step 4, `(original != edited).any(-1)` equals
 `mask > 0` pixel for pixel; the region of an edit is where its coverage is > 0.5 (whole image for
 `global`). `SynthConfig(keep_clean=True)` puts that pre-perturbation image in `meta["edited_clean"]`.
+`meta["objects"]` (every object's shape, colour, centre, radius, angle) and `meta["image_size"]`
+let `synth_grounder` simulate a detector on the pair without reading its mask.
 
 Determinism: the same seed and config give byte-identical outputs on a machine (the autoencoder
 weights come from the on-disk cache; it trains and runs on one thread, so torch's thread setting
@@ -43,7 +45,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from sigma_fast.data.synth_edit import EDITS, finalize, side_effect
+from sigma_fast.data.synth_edit import EDITS, finalize, object_info, side_effect
 from sigma_fast.data.synth_perturb import AutoencoderSettings, load_autoencoder, perturb
 from sigma_fast.data.synth_scene import make_scene
 from sigma_fast.grounding.edit import ACTIONS
@@ -103,7 +105,9 @@ def _make_pair(seed, config):
     scene = make_scene(rng, config.image_size, config.use_photos, config.photo_prob)
     edit = EDITS[action](rng, scene)
     candidate, region = edit.candidate, edit.region
-    meta = {"seed": seed, "scene": scene.kind, **edit.info}
+    # every object's geometry, so a simulated detector can find it and its look-alikes (synth_grounder)
+    meta = {"seed": seed, "scene": scene.kind, **edit.info, "image_size": config.image_size,
+            "objects": [object_info(obj) for obj in scene.objects]}
     effect = None
     if action != "global" and rng.random() < config.side_effect_prob:
         effect = side_effect(rng, edit.original, region)

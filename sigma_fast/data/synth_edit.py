@@ -56,9 +56,10 @@ def _inpaint(rng, image, region):
     return cv2.inpaint(image, region.astype(np.uint8) * 255, radius, method)
 
 
-def _object_info(obj):
+def object_info(obj):
+    """JSON-safe geometry of an object: enough to redraw its outline (`synth_grounder` does)."""
     return {"shape": obj.shape, "colour": obj.colour, "center": [round(float(c), 1) for c in obj.center],
-            "radius": round(float(obj.radius), 1)}
+            "radius": round(float(obj.radius), 1), "angle": round(float(obj.angle), 4)}
 
 
 def edit_add(rng, scene):
@@ -67,7 +68,7 @@ def edit_add(rng, scene):
     target = text.concept(rng, obj.shape, obj.colour, with_colour=rng.random() < 0.85)
     where = text.location(rng, obj.center, obj.size)
     return Edit(compose(before), compose(scene), obj.footprint(0.5), "add", None, target,
-                text.add_text(rng, target, where), {"object": _object_info(obj)})
+                text.add_text(rng, target, where), {"object": object_info(obj)})
 
 
 def edit_remove(rng, scene):
@@ -76,7 +77,7 @@ def edit_remove(rng, scene):
     source = _names(rng, obj, scene.objects)
     instruction = text.remove_text(rng, source, text.location(rng, obj.center, obj.size))
     return Edit(original, _inpaint(rng, original, region), region, "remove", source, None, instruction,
-                {"object": _object_info(obj)})
+                {"object": object_info(obj)})
 
 
 def edit_replace(rng, scene):
@@ -93,7 +94,7 @@ def edit_replace(rng, scene):
     source = _names(rng, obj, scene.objects)
     target = text.concept(rng, new.shape, new.colour, with_colour=new.colour != obj.colour or rng.random() < 0.3)
     return Edit(original, candidate, footprint | new.footprint(0.5), "replace", source, target,
-                text.replace_text(rng, source, target), {"object": _object_info(obj), "new": _object_info(new)})
+                text.replace_text(rng, source, target), {"object": object_info(obj), "new": object_info(new)})
 
 
 def _changed_attribute(rng, obj):
@@ -122,7 +123,7 @@ def edit_attribute(rng, scene):
     instruction = text.attribute_text(rng, source, attribute, is_colour=kind == "colour")
     return Edit(compose(scene), compose(dataclasses.replace(scene, objects=objects)), obj.alpha > 0.5,
                 "attribute_change", source, attribute, instruction,
-                {"object": _object_info(obj), "attribute": kind})
+                {"object": object_info(obj), "attribute": kind})
 
 
 def edit_global(rng, scene):

@@ -43,16 +43,18 @@ class Grounder:
 
     @classmethod
     def from_pretrained(cls, detector=DEFAULT_DETECTOR, segmenter=DEFAULT_SEGMENTER, device=None, dtype=None,
-                        box_threshold=0.35, text_threshold=0.25, cache_dir=None, **kwargs):
+                        box_threshold=0.35, text_threshold=0.25, cache_dir=None, local_files_only=False, **kwargs):
         """Load Grounding DINO (model and processor) and SAM 2 from hub ids or local folders.
         `device` None = the GPU when there is one; `dtype` None = float32; `cache_dir` also keeps the
-        groundings on disk there. Further keywords go to the constructor."""
+        groundings on disk there; `local_files_only` never downloads (folders and the hub cache only).
+        Further keywords go to the constructor."""
         from transformers import AutoProcessor, GroundingDinoForObjectDetection, Sam2Model
 
         device, dtype = resolve_device(device), resolve_dtype(dtype)
-        detector_model = GroundingDinoForObjectDetection.from_pretrained(detector, dtype=dtype).to(device)
-        segmenter_model = Sam2Model.from_pretrained(segmenter, dtype=dtype).to(device)
-        return cls(detector_model, AutoProcessor.from_pretrained(detector), segmenter_model,
+        local = {"local_files_only": local_files_only}
+        detector_model = GroundingDinoForObjectDetection.from_pretrained(detector, dtype=dtype, **local).to(device)
+        segmenter_model = Sam2Model.from_pretrained(segmenter, dtype=dtype, **local).to(device)
+        return cls(detector_model, AutoProcessor.from_pretrained(detector, **local), segmenter_model,
                    box_threshold=box_threshold, text_threshold=text_threshold,
                    cache=GroundingCache(cache_dir), model_ids=(str(detector), str(segmenter)), **kwargs)
 

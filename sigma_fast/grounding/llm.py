@@ -1,10 +1,12 @@
 """The LLM Semantic Transformation Parser: the same EditTuple schema through any `transformers` causal
-LM with a chat template (default Qwen2.5-1.5B-Instruct, as in the paper).
+LM with a chat template. The paper names Qwen2.5 without a size; the default here is
+Qwen2.5-1.5B-Instruct, our choice (small enough to run beside the annotator).
 
 Prompts are batched with left padding and decoded greedily; the first JSON object (or list) in each
 reply is extracted leniently (code fences, prose around it, single quotes, trailing commas) and checked.
 A reply that yields no valid edit falls back to the RuleParser; fallbacks are counted in `fallbacks`
-and logged. Empty and overlong instructions give "unknown" without running the model.
+and logged. Empty and overlong instructions give "unknown" without running the model. With a
+`ParseCache` each instruction runs through the model once (see `sigma_fast.grounding.parsers`).
 """
 import json
 import logging
@@ -12,6 +14,7 @@ import re
 
 from sigma_fast.grounding.device import resolve_device, resolve_dtype
 from sigma_fast.grounding.edit import UNKNOWN, EditTuple
+from sigma_fast.grounding.parsers import MISSING
 from sigma_fast.grounding.rules import RuleParser, make_edit, screen
 
 logger = logging.getLogger(__name__)
@@ -127,9 +130,13 @@ def _phrase(value):
 
 class LLMParser:
     """Instruction -> EditTuple through a causal LM. `fallbacks` counts replies that fell back to the
-    RuleParser."""
+    RuleParser. `cache` (a ParseCache) keeps the replies' edits per instruction.
 
-    def __init__(self, model, tokenizer, *, max_new_tokens=96, batch_size=16, fallback=None):
+    Pickled (for worker processes) it carries its hub id or folder, not the model: a copy loads the
+    model again on its first parse, on the device that is current in its process then."""
+
+    def __init__(self, model, tokenizer, *, max_new_tokens=96, batch_size=16, fallback=None, cache=None,
+                 model_id=None, dtype=None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"  # generation continues every row from its last prompt token
@@ -139,6 +146,17 @@ class LLMParser:
         self.batch_size = batch_size
         self.fallback = fallback or RuleParser()
         self.fallbacks = 0
+        self.cache = cache
+        self.model_id, self.dtype = model_id, dtype
+
+    def __getstate__(self):
+        if self.model_id is None:
+            raise TypeError("an LLMParser built from a model object cannot be pickled: use from_pretrained")
+        return {**self.__dict__, "model": None, "tokenizer": None}
+
+    def _load(self):
+        loaded = LLMParser.from_pretrained(self.model_id, dtype=self.dtype)
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer
 
     @classmethod
     def from_pretrained(cls, model=DEFAULT_MODEL, device=None, dtype=None, **kwargs):
@@ -148,7 +166,7 @@ class LLMParser:
 
         device, dtype = resolve_device(device), resolve_dtype(dtype)
         lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(device)
-        return cls(lm, AutoTokenizer.from_pretrained(model), **kwargs)
+        return cls(lm, AutoTokenizer.from_pretrained(model), model_id=model, dtype=dtype, **kwargs)
 
     def prompt(self, text):
         """The chat-formatted prompt for one instruction: system rules, worked examples, the instruction."""
@@ -167,17 +185,28 @@ class LLMParser:
 
     def parse_batch(self, texts):
         results = [EditTuple(UNKNOWN) if screen(text) in ("empty", "too long") else None for text in texts]
-        pending = [i for i, result in enumerate(results) if result is None]
+        pending = []
+        for i, result in enumerate(results):
+            cached = MISSING if result is not None or self.cache is None else self.cache.get(texts[i])
+            if cached is not MISSING:
+                results[i] = self.fallback.parse(texts[i]) if cached is None else cached
+            elif result is None:
+                pending.append(i)
         for start in range(0, len(pending), self.batch_size):
             chunk = pending[start:start + self.batch_size]
             for i, reply in zip(chunk, self.generate([texts[i] for i in chunk])):
-                results[i] = self._read(texts[i], reply)
+                edit = self._read(texts[i], reply)
+                if self.cache is not None:
+                    self.cache.put(texts[i], edit)
+                results[i] = self.fallback.parse(texts[i]) if edit is None else edit
         return results
 
     def generate(self, texts):
         """The model's replies (new tokens only, decoded) for a batch of instructions."""
         import torch
 
+        if self.model is None:
+            self._load()
         prompts = [self.prompt(text) for text in texts]
         inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         inputs = {name: value.to(self.model.device) for name, value in inputs.items()}
@@ -188,9 +217,10 @@ class LLMParser:
         return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
     def _read(self, text, reply):
+        """The reply's edit, or None (counted and logged) when it holds none."""
         try:
             return edit_from_json(extract_json(reply))
         except ValueError as error:
             self.fallbacks += 1
             logger.warning("LLM parser fell back to rules (%d so far) for %r: %s", self.fallbacks, text[:120], error)
-            return self.fallback.parse(text)
+            return None

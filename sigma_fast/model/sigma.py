@@ -114,8 +114,8 @@ class SigmaModel(nn.Module):
     @classmethod
     def from_config(cls, config: SigmaConfig, dtype=None):
         """A new model with the configured frozen encoders and a freshly initialised head."""
-        backbone = load_encoder("backbone", config.backbone,
-                                lambda ref: DinoBackbone.from_pretrained(ref, config.taps, dtype=dtype))
+        backbone = load_encoder("backbone", config.backbone, lambda ref: DinoBackbone.from_pretrained(
+            ref, config.taps, dtype=dtype, convention=config.tap_convention))
         text_encoder = load_encoder("text encoder", config.text_encoder, lambda ref: TextEncoder.from_pretrained(
             ref, config.dim, config.max_text_tokens, dtype=dtype))
         return cls(config, backbone, text_encoder)

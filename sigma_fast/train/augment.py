@@ -3,7 +3,9 @@
 Each pair draws one set of parameters, applied identically to both images, so a pixel that did
 not change between them still does not change; the geometric part is also applied to the
 pseudo-label and its confidence weight (nearest neighbour), and pixels moved in from outside
-the frame get weight 0. Then, for a share of the pairs, the edited image alone is saved again as
+the frame get weight 0. The (g, g) spatial prior moves with the pixels too (bilinear at its own
+grid; cells moved in from outside the frame get 1, the flat prior's "anywhere", so a flat prior
+stays flat). Then, for a share of the pairs, the edited image alone is saved again as
 an editor's pipeline may save it (resampled down and up, JPEG): a change everywhere that is not an
 edit, so the student learns to give the teacher's mask through it.
 """
@@ -70,9 +72,18 @@ def resave(edited, config, generator):
     return torch.stack(images)
 
 
-def augment_pairs(original, edited, label, weight, config, generator):
-    """original, edited uint8 (B, S, S, 3); label, weight float (B, S, S) -> the same, augmented.
-    `generator` is a CPU torch.Generator: the draws do not depend on the device."""
+def warp_prior(prior, theta):
+    """prior (B, g, g) in [0, 1], theta (B, 2, 3) -> the prior moved as the images are."""
+    grid = F.affine_grid(theta, (prior.shape[0], 1, *prior.shape[1:]), align_corners=False)
+    # warped as (prior - 1) with zero padding: what comes in from outside the frame is 1
+    moved = F.grid_sample(prior[:, None].float() - 1, grid, mode="bilinear", padding_mode="zeros",
+                          align_corners=False)
+    return (moved[:, 0] + 1).clamp(0, 1)
+
+
+def augment_pairs(original, edited, label, weight, prior, config, generator):
+    """original, edited uint8 (B, S, S, 3); label, weight float (B, S, S); prior float (B, g, g) ->
+    the same, augmented. `generator` is a CPU torch.Generator: the draws do not depend on the device."""
     count, size = original.shape[0], original.shape[1]
     device = original.device
     images = torch.stack([original, edited]).permute(0, 1, 4, 2, 3).float() / 255.0  # (2, B, 3, S, S)
@@ -84,4 +95,4 @@ def augment_pairs(original, edited, label, weight, config, generator):
     maps = F.grid_sample(maps, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     images = torch.stack(warped).mul(255).round().clamp(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2)
     edited = resave(images[1].contiguous(), config, generator) if config.resave else images[1].contiguous()
-    return images[0].contiguous(), edited, maps[:, 0], maps[:, 1] * maps[:, 2]
+    return images[0].contiguous(), edited, maps[:, 0], maps[:, 1] * maps[:, 2], warp_prior(prior, theta)

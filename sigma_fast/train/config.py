@@ -14,6 +14,7 @@ from typing import List, Optional, Tuple
 import yaml
 
 from sigma_fast.config import SigmaConfig
+from sigma_fast.grounding.parsers import PARSERS
 
 SOURCE_FORMATS = ("parquet", "manifest")
 # MagicBrush's parquet columns; other corpora map their own names with `columns`
@@ -49,6 +50,13 @@ class DataConfig:
     workers: int = 4  # DataLoader processes per training process
     pin_memory: bool = True
     val_batches: Optional[int] = None  # cap on validation batches (None: the whole split)
+    # instruction parser: "rules", or "llm" (parser_model: a hub id or folder; None: the default
+    # Qwen2.5-1.5B-Instruct), run in the training process, parses cached in OUTPUT_DIR/parses
+    parser: str = "rules"
+    parser_model: Optional[str] = None
+    # prior store (`sigma-fast prior`) read by key for every split; None: the flat prior everywhere
+    priors: Optional[str] = None
+    prior_dropout: float = 0.0  # share of training pairs given the flat prior instead (drawn per sample)
 
     def validate(self, where):
         check(len(self.train) > 0, where, "train", "needs at least one source")
@@ -62,6 +70,9 @@ class DataConfig:
         check(self.shuffle_blocks >= 1, where, "shuffle_blocks", f"must be >= 1, got {self.shuffle_blocks}")
         check(self.workers >= 0, where, "workers", f"must be >= 0, got {self.workers}")
         check(self.val_batches is None or self.val_batches > 0, where, "val_batches", f"must be > 0, got {self.val_batches}")
+        check(self.parser in PARSERS, where, "parser", f"must be one of {PARSERS}, got {self.parser!r}")
+        check(self.priors is None or bool(self.priors), where, "priors", "must be a prior store folder or null")
+        check_fraction(self, where, "prior_dropout")
 
 
 @dataclass
@@ -155,7 +166,9 @@ class EmaConfig:
     enabled: bool = False
     decay: float = 0.999
     warmup: bool = True  # decay_t = min(decay, (1 + t) / (10 + t))
-    confidence: float = 0.9  # pixels with max(p, 1 - p) >= confidence are pseudo-labelled, the rest ignored
+    # a pseudo-label's weight is the share of its image's pixels with max(p, 1 - p) >= confidence:
+    # whole images are weighted, no pixel is left out
+    confidence: float = 0.9
     weight: float = 1.0
     batch_size: int = 16  # global unlabelled pairs per step
     # Stage II steps before self-training starts; the teacher is then reset to the student, so that
@@ -179,7 +192,7 @@ class DisentangleConfig:
     """Edit-noise disentanglement loss on the difference branch's tokens (see losses.py)."""
     enabled: bool = False
     weight: float = 0.1
-    margin: float = 1.0  # required cosine distance between pooled edited and noise-only features, (0, 2]
+    margin: float = 1.0  # required cosine distance of every noise-only token from the edit prototype, (0, 2]
 
     def validate(self, where):
         check(self.weight > 0, where, "weight", f"must be > 0, got {self.weight}")

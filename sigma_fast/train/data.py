@@ -8,6 +8,10 @@ Mask rule (MagicBrush's `mask_img` may be RGBA, white-on-black and of another si
 the mask's grey value is its luminance (ITU-R 601, PIL's "L") times its alpha / 255, i.e. the mask
 composited over black, so transparent pixels count as unedited; it is resized to the model's input
 size (bilinear, antialiased, on [0, 1]) whatever its own size or aspect, then binarised at > 0.5.
+
+Row keys are the corpus readers' (`sigma_fast.io.corpora`), so a prior store made from the same
+files with `sigma-fast prior` is read by them: MagicBrush `"{img_id}/{turn_index}"`, OmniEdit
+`omni_edit_id`, other parquet `"{file stem}/{row in file:08d}"`, manifests their `key` column.
 """
 import glob
 import io
@@ -24,6 +28,7 @@ from PIL import Image
 from sigma_fast.io.images import ImageLoadError, load_image, load_mask
 
 ROW_GROUP_CACHE = 8  # row groups kept per process: a shuffle window spans a few
+KEY_COLUMNS = {"magicbrush": ("img_id", "turn_index"), "omniedit": ("omni_edit_id",)}  # the corpus readers' keys
 
 
 class SampleError(ValueError):
@@ -62,7 +67,11 @@ class ParquetSource:
         self.roles = {role: name for role, name in config.columns.items() if name and (role != "mask" or need_mask)}
         if need_mask and "mask" not in self.roles:
             raise ValueError(f"{config.path}: labelled data needs a mask column (columns.mask)")
+        from sigma_fast.io.corpora.parquet import format_of
+
         self.blocks = []  # (file index, row group, rows)
+        self.first_rows = []  # per block, the file row of its first row (the default key's number)
+        self.key_columns = []  # per file, the columns of its corpus key (empty: the default key)
         remaining = config.limit
         for index, path in enumerate(self.files):
             metadata = pq.ParquetFile(path).metadata
@@ -71,13 +80,17 @@ class ParquetSource:
             if missing:
                 raise ValueError(f"{path}: missing column(s) {missing}; it has {sorted(names)} "
                                  "(map other names with `columns`)")
+            self.key_columns.append(KEY_COLUMNS.get(format_of(names), ()))
+            first = 0
             for group in range(metadata.num_row_groups):
-                rows = metadata.row_group(group).num_rows
+                rows = full = metadata.row_group(group).num_rows
                 if remaining is not None:
                     rows = min(rows, remaining)
                     remaining -= rows
                 if rows:
                     self.blocks.append((index, group, rows))
+                    self.first_rows.append(first)
+                first += full
         self._pid = None
 
     def block_sizes(self):
@@ -94,8 +107,11 @@ class ParquetSource:
         file_index, group, _ = self.blocks[block]
         if file_index not in self._handles:
             self._handles[file_index] = pq.ParquetFile(self.files[file_index])
-        table = self._handles[file_index].read_row_group(group, columns=sorted(set(self.roles.values())))
+        key_columns = self.key_columns[file_index]
+        table = self._handles[file_index].read_row_group(
+            group, columns=sorted(set(self.roles.values()) | set(key_columns)))
         columns = {role: table.column(name).to_pylist() for role, name in self.roles.items()}
+        columns["key"] = [tuple(values) for values in zip(*(table.column(name).to_pylist() for name in key_columns))]
         self._cache[block] = columns
         if len(self._cache) > ROW_GROUP_CACHE:
             self._cache.popitem(last=False)
@@ -114,10 +130,20 @@ class ParquetSource:
         columns = self._row_group(block)
         file_index, group, _ = self.blocks[block]
         folder = os.path.dirname(os.path.abspath(self.files[file_index]))
-        key = f"{os.path.basename(self.files[file_index])}:{group}:{index}"
+        key = corpus_key(columns["key"][index] if columns["key"] else (),
+                         f"{os.path.splitext(os.path.basename(self.files[file_index]))[0]}/"
+                         f"{self.first_rows[block] + index:08d}")
         return RawRow(key, self._image(columns["original"][index], folder), self._image(columns["edited"][index], folder),
                       self._image(columns["mask"][index], folder) if "mask" in columns else None,
                       columns["instruction"][index] if "instruction" in columns else "")
+
+
+def corpus_key(values, default):
+    """The key the corpus reader gives a row: from its key column values ((img_id, turn) or (id,)),
+    `default` when there are none or one is missing."""
+    if not values or any(value in (None, "") for value in values):
+        return default
+    return "/".join(str(value) for value in values)
 
 
 class ManifestSource:

@@ -52,8 +52,9 @@ class EmaTeacher:
         self.updates += 1
 
     @torch.no_grad()
-    def pseudo_label(self, x_orig, x_edit, instructions, edits, confidence):
-        """Clean pairs (B, 3, S, S) -> (label, weight), each (B, S, S): label = p > 0.5 on every
+    def pseudo_label(self, x_orig, x_edit, instructions, edits, confidence, prior=None):
+        """Clean pairs (B, 3, S, S) and their priors (B, g, g; None: flat, the student's prior) ->
+        (label, weight), each (B, S, S): label = p > 0.5 on every
         pixel; weight = the share of the image's pixels where the teacher is confident
         (max(p, 1 - p) >= confidence), the same on all of its pixels (DAFormer's quality estimate).
 
@@ -62,7 +63,7 @@ class EmaTeacher:
         more (the development runs in docs/results.md's reading). Whole images keep both classes,
         and an image counts as much as the teacher is sure of it."""
         tokens, mask = self.model.encode_text(instructions, edits)
-        prob = torch.sigmoid(self.model(x_orig, x_edit, tokens, mask)[:, 0].float())
+        prob = torch.sigmoid(self.model(x_orig, x_edit, tokens, mask, prior)[:, 0].float())
         label = (prob > 0.5).float()
         confident = (torch.maximum(prob, 1 - prob) >= confidence).float()
         return label, confident.mean((1, 2), keepdim=True).expand_as(label).contiguous()

@@ -1,6 +1,10 @@
 """The training loop: Stage I (supervised on edit masks) and Stage II (the same loop plus the
 switched-on VAE round-trip calibration, EMA self-training and disentanglement loss).
 
+The spatial prior of every pair comes from the prior store (`data.priors`, read by the stream;
+flat without one, and for the `data.prior_dropout` share of the training pairs): the student, the
+EMA teacher and validation all see it.
+
 One step: a labelled batch (and, with EMA, an unlabelled one) -> device -> optional VAE pairs ->
 teacher pseudo-labels and augmented student pairs -> `preprocess_pairs` -> one forward of the
 DDP-wrapped head -> BCE + Dice (+ EMA BCE + disentanglement) -> finite check on every rank ->
@@ -18,6 +22,8 @@ import yaml
 from torch import nn
 
 from sigma_fast import ops
+from sigma_fast.grounding.parsers import load_parser
+from sigma_fast.priors import PriorStore
 from sigma_fast.train import losses
 from sigma_fast.train.augment import augment_pairs
 from sigma_fast.train.checkpoint import (capture_rng, load_checkpoint, prune_checkpoints, resolve_resume,
@@ -50,13 +56,14 @@ class TrainModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x_orig, x_edit, instructions, edits):
-        # x_orig, x_edit (B, 3, S, S); B instructions and EditTuples -> logits (B, 1, S, S), tokens (B, g*g, dim)
+    def forward(self, x_orig, x_edit, instructions, edits, prior):
+        # x_orig, x_edit (B, 3, S, S); B instructions and EditTuples; prior (B, g, g)
+        # -> logits (B, 1, S, S), tokens (B, g*g, dim)
         captured = []
         handle = self.model.difference.register_forward_hook(lambda module, args, output: captured.append(output))
         try:
             text_tokens, text_mask = self.model.encode_text(instructions, edits)
-            logits = self.model(x_orig, x_edit, text_tokens, text_mask)
+            logits = self.model(x_orig, x_edit, text_tokens, text_mask, prior)
         finally:
             handle.remove()
         return logits, captured[0]
@@ -96,6 +103,13 @@ def to_device(batch, device):
             for name, value in batch.items()}
 
 
+def batch_prior(batch, grid, device):
+    """The batch's priors (b, g, g) on `device`: the stored ones, or flat without a prior store."""
+    if "prior" in batch:
+        return batch["prior"].to(device, non_blocking=True)
+    return torch.ones(batch["original"].shape[0], grid, grid, device=device)
+
+
 def step_generator(seed, position, rank):
     """A CPU generator for this step's random choices: the same on resume, whatever came before."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, position, rank]).generate_state(1)[0]))
@@ -130,9 +144,16 @@ class Trainer:
     def _stream(self, sources, global_batch, stream, labelled, start=0, finite=False, negatives=True):
         data = self.config.data
         settings = NegativeSettings(data.negative_fraction, data.reencode_fraction, tuple(data.reencode_quality))
+        dropout = data.prior_dropout if stream in (TRAIN_STREAM, UNLABELLED_STREAM) else 0.0
         return PairStream(sources, self.model.config.image_size, global_batch, self.dist.rank, self.dist.world,
                           self.config.seed, stream, labelled, settings if negatives else None, start, finite,
-                          data.shuffle_blocks)
+                          data.shuffle_blocks, self.priors, dropout)
+
+    def _parse(self, batch):
+        """With the LLM parser, its edits replace the loader's rule-parsed ones."""
+        if hasattr(self.parser, "parse_batch"):
+            batch["edit"] = self.parser.parse_batch(batch["instruction"])
+        return batch
 
     def _open_sources(self, configs, need_mask):
         sources = [open_source(source, need_mask) for source in configs]
@@ -149,6 +170,16 @@ class Trainer:
             # The frozen backbone has no master weights to keep: it runs in bf16 outright.
             self.model.backbone.to(torch.bfloat16)
         self.grid = self.model.grid
+        # the LLM parser runs here, on this process's device, not in the loader's workers
+        self.parser = load_parser(config.data.parser, config.data.parser_model, os.path.join(self.run_dir, "parses"),
+                                  self.device)
+        self.priors = None
+        if config.data.priors is not None:
+            self.priors = PriorStore(config.data.priors)
+            if self.priors.grid != self.grid:
+                raise ValueError(f"data.priors: {config.data.priors!r} holds {self.priors.grid}x{self.priors.grid} "
+                                 f"priors, the model's grid is {self.grid}x{self.grid}: make them with "
+                                 f"`sigma-fast prior --grid {self.grid}`")
         self.train_sources = self._open_sources(config.data.train, need_mask=True)
         self.val_sources = self._open_sources(config.data.val, need_mask=True)
         self.unlabelled_sources = self._open_sources(config.data.unlabelled, need_mask=False)
@@ -230,11 +261,12 @@ class Trainer:
         """Teacher pseudo-labels on the clean pairs; the student gets the augmented pairs."""
         size = self.model.config.image_size
         x_orig, x_edit = ops.preprocess_pairs(list(batch["original"]), list(batch["edited"]), size=size)
+        prior = batch_prior(batch, self.grid, self.device)
         with self.autocast():
             label, weight = self.teacher.pseudo_label(x_orig, x_edit, batch["instruction"], batch["edit"],
-                                                      self.config.stage2.ema.confidence)
-        return augment_pairs(batch["original"], batch["edited"], label, weight, self.config.stage2.ema.augment,
-                             generator)
+                                                      self.config.stage2.ema.confidence, prior)
+        return augment_pairs(batch["original"], batch["edited"], label, weight, prior,
+                             self.config.stage2.ema.augment, generator)
 
     def train_step(self, batch, unlabelled):
         """One optimisation step; returns the logged values (global over ranks) or None when some
@@ -255,16 +287,18 @@ class Trainer:
                 make_vae_pairs(batch, self.vae, stage2.vae.noise_fraction, stage2.vae.composite_fraction, generator)
         originals, editeds = list(batch["original"]), list(batch["edited"])
         instructions, edits = list(batch["instruction"]), list(batch["edit"])
+        priors = [batch_prior(batch, self.grid, self.device)]
         if unlabelled is not None:
             unlabelled = to_device(unlabelled, self.device)
-            u_orig, u_edit, label, weight = self._unlabelled_inputs(unlabelled, generator)
+            u_orig, u_edit, label, weight, u_prior = self._unlabelled_inputs(unlabelled, generator)
             originals += list(u_orig)
             editeds += list(u_edit)
             instructions += unlabelled["instruction"]
             edits += unlabelled["edit"]
+            priors.append(u_prior)
         x_orig, x_edit = ops.preprocess_pairs(originals, editeds, size=self.model.config.image_size)
         with self.autocast():
-            logits, tokens = self.module(x_orig, x_edit, instructions, edits)
+            logits, tokens = self.module(x_orig, x_edit, instructions, edits, torch.cat(priors))
         loss, parts = losses.bce_dice(logits[:count], batch["mask"], config.loss.bce_weight, config.loss.dice_weight)
         values = {"bce": parts["bce"], "dice": parts["dice"]}
         if unlabelled is not None:
@@ -317,11 +351,12 @@ class Trainer:
         model, size = self.model, self.model.config.image_size
 
         def predict(batch):
+            self._parse(batch)
             x_orig, x_edit = ops.preprocess_pairs(list(batch["original"].to(self.device)),
                                                   list(batch["edited"].to(self.device)), size=size)
             with self.autocast():
                 text_tokens, text_mask = model.encode_text(batch["instruction"], batch["edit"])
-                return model(x_orig, x_edit, text_tokens, text_mask)
+                return model(x_orig, x_edit, text_tokens, text_mask, batch_prior(batch, self.grid, self.device))
 
         model.eval()
         try:
@@ -358,8 +393,8 @@ class Trainer:
         started = time.perf_counter()
         try:
             while self.step < config.optim.steps:
-                batch = next(batches)
-                unlabelled = next(unlabelled_batches) if unlabelled_batches is not None else None
+                batch = self._parse(next(batches))
+                unlabelled = self._parse(next(unlabelled_batches)) if unlabelled_batches is not None else None
                 if unlabelled is not None and self.step < config.stage2.ema.start_step:
                     unlabelled = None  # drawn all the same: the stream's position stays the step's
                 if unlabelled is not None and self.teacher.updates == 0:

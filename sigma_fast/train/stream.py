@@ -9,8 +9,12 @@ the number of processes nor the number of DataLoader workers, and resuming at ba
 
 DataLoader workers yield whole batches round-robin: worker w of a loader started at batch s makes
 batches s + w, s + w + W, ..., which the DataLoader hands out in order s, s + 1, ...
-Per-sample randomness (negatives, re-encode quality) comes from a generator seeded by
+Per-sample randomness (negatives, re-encode quality, prior dropout) comes from generators seeded by
 (seed, stream, position), never from global RNG state.
+
+With a prior store, each sample's (g, g) prior is read by its row key (a key not in the store gets
+the flat prior); with `prior_dropout` p, a share p of the samples (drawn per position) gets the flat
+prior instead, so one model learns to work with and without a prior.
 """
 
 import numpy as np
@@ -20,6 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from sigma_fast.train.data import NegativeSettings, SampleError, decode_sample
 
 TRAIN_STREAM, UNLABELLED_STREAM, CALIBRATION_STREAM, VAL_STREAM = 0, 1, 2, 3
+PRIOR_DROPOUT_DRAW = 1  # the prior-dropout generator's extra seed word: independent of the sample's own draws
 
 
 class SampleOrder:
@@ -81,14 +86,16 @@ class SampleOrder:
 
 class PairStream(IterableDataset):
     """Yields batches: dict(original, edited uint8 (b, S, S, 3), mask float (b, S, S) when labelled,
-    instruction, edit (parsed EditTuples), kind, failures, batch index). Corrupt rows are left out
-    of their batch and reported in `failures`; a batch may therefore be smaller, even empty.
+    instruction, edit (parsed EditTuples), kind, failures, batch index; with `priors` (a PriorStore)
+    also prior float (b, g, g) and prior_flat (b bools)). Corrupt rows are left out of their batch and
+    reported in `failures`; a batch may therefore be smaller, even empty.
 
     `finite`: one ordered pass over the data (validation); otherwise endless and shuffled.
     """
 
     def __init__(self, sources, image_size, global_batch, rank, world, seed, stream, labelled,
-                 negatives: NegativeSettings = None, start_batch=0, finite=False, window_blocks=4):
+                 negatives: NegativeSettings = None, start_batch=0, finite=False, window_blocks=4,
+                 priors=None, prior_dropout=0.0):
         if global_batch % world:
             raise ValueError(f"the global batch size {global_batch} does not split over {world} processes")
         self.sources = sources
@@ -98,6 +105,7 @@ class PairStream(IterableDataset):
         self.seed, self.stream, self.labelled = seed, stream, labelled
         self.negatives = negatives if labelled else None
         self.start_batch, self.finite = start_batch, finite
+        self.priors, self.prior_dropout = priors, prior_dropout
 
     def sample(self, position):
         from sigma_fast.grounding import parse_instruction
@@ -111,6 +119,11 @@ class PairStream(IterableDataset):
             return None, f"{row.key}: {error}"
         sample["instruction"] = row.instruction or ""
         sample["edit"] = parse_instruction(sample["instruction"])
+        if self.priors is not None:
+            sample["prior"], sample["prior_flat"] = self.priors.get(row.key)
+            dropped = np.random.default_rng([self.seed, self.stream, position, PRIOR_DROPOUT_DRAW]).random()
+            if dropped < self.prior_dropout:
+                sample["prior"], sample["prior_flat"] = torch.ones_like(sample["prior"]), True
         return sample, None
 
     def make_batch(self, batch_index):
@@ -135,6 +148,10 @@ class PairStream(IterableDataset):
             "failures": failures,
             "index": batch_index,
         }
+        if self.priors is not None:
+            grid = self.priors.grid
+            batch["prior"] = torch.stack([s["prior"] for s in samples]) if samples else torch.zeros(0, grid, grid)
+            batch["prior_flat"] = [s["prior_flat"] for s in samples]
         if self.labelled:
             batch["mask"] = torch.stack([s["mask"] for s in samples]) if samples else torch.zeros(0, size, size)
         return batch

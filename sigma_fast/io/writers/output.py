@@ -79,7 +79,8 @@ class ShardWriter:
             "filtered": quality.filter_reason(score, regenerated, self.min_score, self.drop_regenerated),
             "height": int(annotation.mask.shape[0]), "width": int(annotation.mask.shape[1]),
             "mask_fraction": round(float((annotation.mask > 0).mean()), 6),
-            "prior_flat": annotation.prior_flat, "boxes": annotation.boxes, "has_gt_mask": record.mask is not None,
+            "prior_mode": annotation.prior_mode, "prior_flat": annotation.prior_flat, "boxes": annotation.boxes,
+            "has_gt_mask": record.mask is not None,
             "image": None, "original": None, "mask": None, "prior": None, "meta": record.meta,
         }
         members = None
@@ -123,7 +124,8 @@ class ShardWriter:
 def tar_json(row):
     """The `<name>.json` member: what a training loader needs beside the images."""
     return {name: row[name] for name in ("index", "key", "instruction", "edit", "score", "changed_outside",
-                                         "regenerated", "mask_fraction", "prior_flat", "has_gt_mask", "meta")}
+                                         "regenerated", "mask_fraction", "prior_mode", "prior_flat", "has_gt_mask",
+                                         "meta")}
 
 
 def read_jsonl(path):

@@ -11,11 +11,17 @@
 2. Encoders: `sigma_fast.tiny`'s DINOv2 and CLIP text tower, kept random and frozen. Training a
    ViT from scratch is out of reach of a 20-minute CPU budget, and a frozen random ViT still
    differences local patch content; what it lacks is semantics, which this proxy cannot test.
-3. Training through `sigma_fast.train` (configs/synth_stage1.yaml, configs/synth_stage2.yaml):
-   Stage I, then from it the same number of Stage II steps with no mechanism (the control: extra
-   training alone), each mechanism alone, and all three.
-4. Evaluation on the held-out set with `sigma_fast.metrics.PixelMetrics` (IMDL-BenCo pixel F1/IoU),
-   beside pixel and feature differencing (`sigma_fast.baselines`), per group of pairs.
+3. Priors: `sigma_fast.data.synth_grounder.SimulatedGrounder` (a detector with a real one's kinds
+   of error) grounds every split into one prior store (keys carry their split); the held-out pairs
+   are grounded again with no misses and with half of them missed, for the error-rate rows.
+4. Training through `sigma_fast.train` (configs/synth_stage1.yaml, configs/synth_stage2.yaml), with
+   the simulated priors and prior dropout: Stage I, then from it the same number of Stage II steps
+   with no mechanism (the control: extra training alone), each mechanism alone, all three, and all
+   but disentanglement. Beside it, Stage I and full Stage II trained with the flat prior only, and
+   Stage I with its taps read in the other convention (`dinov2_blocks`).
+5. Evaluation on the held-out set with `sigma_fast.metrics.PixelMetrics` (IMDL-BenCo pixel F1/IoU),
+   beside pixel and feature differencing (`sigma_fast.baselines`), per group of pairs; the model
+   gets the stored prior of each pair (the simulated grounder's, or flat, per row).
 
 Jobs that do not depend on each other run in two single-threaded processes: on a shared 2-core
 machine, two one-thread processes are far faster than one process whose threads fight for cores.
@@ -37,6 +43,7 @@ from multiprocessing import get_context
 
 import numpy as np
 
+from sigma_fast.config import DINOV2_BLOCKS, HF_HIDDEN_STATES
 from sigma_fast.grounding.edit import ACTIONS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,16 +52,35 @@ STAGE2_CONFIG = os.path.join(REPO, "configs", "synth_stage2.yaml")
 SEEDS = {"train": 1000, "val": 2000, "unlabelled": 3000, "heldout": 4000}
 TRAINING_DOMAIN = {"perturb_prob": 0.0}  # Stage I's pairs: edits pasted locally, nothing else changed
 MECHANISMS = ("vae", "ema", "disentangle")
-VARIANTS = {"stage2_control": (), "stage2_vae": ("vae",), "stage2_ema": ("ema",),
-            "stage2_disentangle": ("disentangle",), "stage2_full": MECHANISMS}
-METHODS = {"pixel": "Pixel differencing (abs diff + Otsu)",
-           "feature": "Feature differencing (tiny backbone, 1 - cos + Otsu)",
-           "stage1": "Stage I",
-           "stage2_control": "Stage I + control (more steps, no mechanism)",
-           "stage2_vae": "Stage I + VAE round-trip calibration",
-           "stage2_ema": "Stage I + EMA self-training",
-           "stage2_disentangle": "Stage I + edit-noise disentanglement",
-           "stage2_full": "Full Stage II (all three)"}
+PRIOR_DROPOUT = 0.2  # share of training pairs given the flat prior, so one model works with and without
+# prior stores: name -> (SimulatedGrounder keywords, splits grounded); "sim" is the default grounder's
+PRIOR_STORES = {"sim": ({}, ("train", "val", "unlabelled", "heldout")),
+                "miss0": ({"miss_rate": 0.0}, ("heldout",)), "miss50": ({"miss_rate": 0.5}, ("heldout",))}
+# Stage I runs: name -> (trained with the simulated priors, tap convention)
+STAGE1_RUNS = {"stage1": (True, HF_HIDDEN_STATES), "stage1_flat": (False, HF_HIDDEN_STATES),
+               "stage1_dinov2": (True, DINOV2_BLOCKS)}
+# Stage II runs: name -> (mechanisms on, the Stage I run it starts from, trained with the simulated priors)
+VARIANTS = {"stage2_control": ((), "stage1", True), "stage2_vae": (("vae",), "stage1", True),
+            "stage2_ema": (("ema",), "stage1", True), "stage2_disentangle": (("disentangle",), "stage1", True),
+            "stage2_full": (MECHANISMS, "stage1", True), "stage2_no_disentangle": (("vae", "ema"), "stage1", True),
+            "stage2_full_flat": (MECHANISMS, "stage1_flat", False)}
+# evaluated methods: name -> (label, trained run or None for a baseline, prior store at inference or None: flat)
+METHODS = {"pixel": ("Pixel differencing (abs diff + Otsu)", None, None),
+           "feature": ("Feature differencing (tiny backbone, 1 - cos + Otsu)", None, None),
+           "stage1": ("Stage I", "stage1", "sim"),
+           "stage2_control": ("Stage I + control (more steps, no mechanism)", "stage2_control", "sim"),
+           "stage2_vae": ("Stage I + VAE round-trip calibration", "stage2_vae", "sim"),
+           "stage2_ema": ("Stage I + EMA self-training", "stage2_ema", "sim"),
+           "stage2_disentangle": ("Stage I + edit-noise disentanglement", "stage2_disentangle", "sim"),
+           "stage2_full": ("Full Stage II (all three)", "stage2_full", "sim"),
+           "stage2_no_disentangle": ("Full Stage II minus disentanglement (VAE + EMA)", "stage2_no_disentangle", "sim"),
+           "full_at_flat": ("Full Stage II, flat prior at inference", "stage2_full", None),
+           "full_at_miss0": ("Full Stage II, prior with no misses at inference", "stage2_full", "miss0"),
+           "full_at_miss50": ("Full Stage II, prior with 50% misses at inference", "stage2_full", "miss50"),
+           "full_flat": ("Full Stage II trained flat, flat prior at inference", "stage2_full_flat", None),
+           "full_flat_at_sim": ("Full Stage II trained flat, simulated prior at inference", "stage2_full_flat", "sim"),
+           "stage1_flat": ("Stage I trained flat, flat prior at inference", "stage1_flat", None),
+           "stage1_dinov2": ("Stage I, taps read as dinov2_blocks", "stage1_dinov2", "sim")}
 GROUPS = ("all", "perturbed", "unperturbed", "side_effect", "local", "regenerated")
 
 
@@ -107,10 +133,31 @@ def autoencoder_folder(scale, cache_dir):
 
 
 def generate(out, split, scale, cache_dir, **fields):
+    """One split's pairs, keyed `<split>_<key>`: one prior store then serves every split."""
     from sigma_fast.data.synth import generate_dataset
 
-    return generate_dataset(os.path.join(out, "data", split), scale.counts[split], SEEDS[split],
-                            synth_config(scale, cache_dir, **fields), progress=False)
+    manifest = str(generate_dataset(os.path.join(out, "data", split), scale.counts[split], SEEDS[split],
+                                    synth_config(scale, cache_dir, **fields), progress=False))
+    with open(manifest) as handle:
+        rows = [json.loads(line) for line in handle]
+    with open(manifest, "w") as handle:
+        handle.writelines(json.dumps({**row, "key": f"{split}_{row['key']}"}) + "\n" for row in rows)
+    return manifest
+
+
+def prior_folder(out, store):
+    return os.path.join(out, "priors", store)
+
+
+def ground(out, splits, grid):
+    """The simulated grounder's priors for `splits`, into every store that grounds them."""
+    from sigma_fast.data.synth_grounder import SimulatedGrounder, write_priors
+
+    for store, (settings, grounded) in PRIOR_STORES.items():
+        for split in splits:
+            if split in grounded:
+                write_priors(os.path.join(out, "data", split, "manifest.jsonl"), prior_folder(out, store), grid,
+                             SimulatedGrounder(**settings))
 
 
 def encoder_spec(scale):
@@ -151,46 +198,77 @@ def last_logged(run_dir):
     return {name: float(value) if value else None for name, value in row.items()}
 
 
-def stage_one_job(out, scale, cache_dir):
-    """Training-domain data, the encoders, then Stage I."""
+def grid(scale):
+    return scale.image_size // encoder_spec(scale).patch_size
+
+
+def training_data_job(out, scale, cache_dir):
+    """Training-domain data, its priors and the encoders."""
     limit_threads()
     train_manifest = generate(out, "train", scale, cache_dir, **TRAINING_DOMAIN)
-    val_manifest = generate(out, "val", scale, cache_dir, **TRAINING_DOMAIN)
-    backbone, text_encoder = build_encoders(out, scale, train_manifest)
-    overrides = {**scale.overrides, "output_dir": os.path.join(out, "runs", "stage1"),
-                 "model.backbone": backbone, "model.text_encoder": text_encoder,
-                 "model.image_size": scale.image_size, "model.taps": list(range(1, scale.backbone_layers + 1)),
-                 "data.train": source(train_manifest), "data.val": source(val_manifest),
-                 "optim.steps": scale.stage1_steps, "val_every": scale.stage1_steps}
-    return run_training(STAGE1_CONFIG, 1, overrides)
+    generate(out, "val", scale, cache_dir, **TRAINING_DOMAIN)
+    ground(out, ("train", "val"), grid(scale))
+    build_encoders(out, scale, train_manifest)
+    return {}
 
 
 def target_domain_job(out, scale, cache_dir):
-    """The autoencoder, then the unlabelled and held-out pairs of the target domain."""
+    """The autoencoder, then the unlabelled and held-out pairs of the target domain and their priors."""
     limit_threads()
     started = time.perf_counter()
     autoencoder, trained = autoencoder_folder(scale, cache_dir)
     autoencoder_seconds = time.perf_counter() - started
     generate(out, "unlabelled", scale, cache_dir)
     generate(out, "heldout", scale, cache_dir)
+    ground(out, ("unlabelled", "heldout"), grid(scale))
     return {"autoencoder": autoencoder, "autoencoder_trained": trained, "autoencoder_seconds": autoencoder_seconds}
 
 
+def prior_overrides(out, with_priors):
+    return {"data.priors": prior_folder(out, "sim"), "data.prior_dropout": PRIOR_DROPOUT} if with_priors else {}
+
+
+def stage_one_job(out, scale, run):
+    """One Stage I run (STAGE1_RUNS), then its evaluation."""
+    limit_threads()
+    with_priors, convention = STAGE1_RUNS[run]
+    # the main recipe taps every block; the other convention reads the numbers valid in both (1 to
+    # layers - 1), each one block deeper
+    taps = range(1, scale.backbone_layers + 1) if convention == HF_HIDDEN_STATES else range(1, scale.backbone_layers)
+    overrides = {**scale.overrides, **prior_overrides(out, with_priors), "output_dir": os.path.join(out, "runs", run),
+                 "model.backbone": os.path.join(out, "encoders", "backbone"),
+                 "model.text_encoder": os.path.join(out, "encoders", "text_encoder"),
+                 "model.image_size": scale.image_size, "model.taps": list(taps), "model.tap_convention": convention,
+                 "data.train": source(os.path.join(out, "data", "train", "manifest.jsonl")),
+                 "data.val": source(os.path.join(out, "data", "val", "manifest.jsonl")),
+                 "optim.steps": scale.stage1_steps, "val_every": scale.stage1_steps}
+    return {**run_training(STAGE1_CONFIG, 1, overrides), **evaluations(out, scale, run)}
+
+
 def stage_two_overrides(out, scale, variant, autoencoder):
-    overrides = {**scale.overrides, "output_dir": os.path.join(out, "runs", variant),
+    mechanisms, _, with_priors = VARIANTS[variant]
+    overrides = {**scale.overrides, **prior_overrides(out, with_priors),
+                 "output_dir": os.path.join(out, "runs", variant),
                  "data.train": source(os.path.join(out, "data", "train", "manifest.jsonl")),
                  "data.unlabelled": source(os.path.join(out, "data", "unlabelled", "manifest.jsonl")),
                  "optim.steps": scale.stage2_steps, "stage2.vae.model": autoencoder}
     for mechanism in MECHANISMS:
-        overrides[f"stage2.{mechanism}.enabled"] = mechanism in VARIANTS[variant]
+        overrides[f"stage2.{mechanism}.enabled"] = mechanism in mechanisms
     return overrides
 
 
 def stage_two_job(out, scale, variant, autoencoder):
+    """One Stage II run (VARIANTS), then the evaluations of its checkpoint."""
     limit_threads()
     result = run_training(STAGE2_CONFIG, 2, stage_two_overrides(out, scale, variant, autoencoder),
-                          init=os.path.join(out, "runs", "stage1", "final"))
-    return {**result, "metrics": evaluate_method(out, scale, variant)}
+                          init=os.path.join(out, "runs", VARIANTS[variant][1], "final"))
+    return {**result, **evaluations(out, scale, variant)}
+
+
+def evaluations(out, scale, run):
+    """-> {"evaluations": {method: metrics}} for every method of METHODS evaluating `run`'s checkpoint."""
+    return {"evaluations": {method: evaluate_method(out, scale, method)
+                            for method, (_, trained, _) in METHODS.items() if trained == run}}
 
 
 def load_heldout(out):
@@ -219,18 +297,45 @@ def pair_groups(original, edited, gt, row):
     return groups + (["side_effect"] if row["side_effect"] else [])
 
 
-def method_annotator(out, scale, method):
+class StoredPriors:
+    """The Annotator's grounder for the held-out pairs: each pair's prior from a prior store, by key.
+    The caller sets `keys` to the pairs of the next `annotate_images` call."""
+
+    def __init__(self, folder):
+        from sigma_fast.priors import PriorStore
+
+        self.store, self.keys = PriorStore(folder), []
+
+    def priors(self, originals, editeds, edits, grid):
+        import torch
+        from sigma_fast.grounding.prior import GroundingResult
+
+        if len(self.keys) != len(originals) or grid != self.store.grid:
+            raise ValueError(f"{len(originals)} pairs at grid {grid}, but {len(self.keys)} keys at grid {self.store.grid}")
+        entries = [self.store.get(key) for key in self.keys]
+        return GroundingResult(prior=torch.stack([prior for prior, _ in entries]),
+                               flat=torch.tensor([flat for _, flat in entries]), boxes=[[] for _ in entries])
+
+
+def method_annotator(out, scale, method, batch_size):
+    """-> (annotator, StoredPriors or None: the model's prior is flat, or a baseline)."""
     from sigma_fast.annotate import Annotator
     from sigma_fast.baselines import feature_baseline, pixel_baseline
     from sigma_fast.model import DinoBackbone
 
     if method == "pixel":
-        return pixel_baseline()
+        return pixel_baseline(), None
     if method == "feature":
         backbone = DinoBackbone.from_pretrained(os.path.join(out, "encoders", "backbone"),
                                                 taps=tuple(range(1, scale.backbone_layers + 1)))
-        return feature_baseline(backbone, scale.image_size)
-    return Annotator.from_pretrained(os.path.join(out, "runs", method, "final"), device="cpu")
+        return feature_baseline(backbone, scale.image_size), None
+    _, run, store = METHODS[method]
+    checkpoint = os.path.join(out, "runs", run, "final")
+    if store is None:
+        return Annotator.from_pretrained(checkpoint, device="cpu", batch_size=batch_size), None
+    priors = StoredPriors(prior_folder(out, store))
+    return Annotator.from_pretrained(checkpoint, device="cpu", batch_size=batch_size, prior="grounded",
+                                     grounder=priors), priors
 
 
 def evaluate_method(out, scale, method, batch_size=16):
@@ -239,23 +344,27 @@ def evaluate_method(out, scale, method, batch_size=16):
     from sigma_fast.metrics import PixelMetrics
 
     limit_threads()
-    annotator = method_annotator(out, scale, method)
+    annotator, priors = method_annotator(out, scale, method, batch_size)
     pairs = load_heldout(out)
     metrics, areas = {}, {}
-    per_pair_f1 = []
+    per_pair_f1, per_pair_groups = [], []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
+        if priors is not None:
+            priors.keys = [p[4]["key"] for p in chunk]
         annotations = annotator.annotate_images([p[0] for p in chunk], [p[1] for p in chunk], [p[3] for p in chunk])
         for (original, edited, gt, _, row), annotation in zip(chunk, annotations):
             scores = None
             area = (float((annotation.prob > annotator.threshold).mean()), float(gt.float().mean()))
-            for group in pair_groups(original, edited, gt, row):
+            groups = pair_groups(original, edited, gt, row)
+            for group in groups:
                 scores = metrics.setdefault(group, PixelMetrics(threshold=annotator.threshold)).update(
                     annotation.prob, gt)
                 areas.setdefault(group, []).append(area)
             per_pair_f1.append(scores["f1"] if scores else None)
+            per_pair_groups.append(groups)
     groups = {name: {**value.compute(), "area": mean_area(areas[name])} for name, value in metrics.items()}
-    return {"groups": groups, "per_pair_f1": per_pair_f1}
+    return {"groups": groups, "per_pair_f1": per_pair_f1, "per_pair_groups": per_pair_groups}
 
 
 def mean_area(pairs):
@@ -265,7 +374,7 @@ def mean_area(pairs):
 
 
 def evaluation_job(out, scale, method):
-    return {"metrics": evaluate_method(out, scale, method)}
+    return {"evaluations": {method: evaluate_method(out, scale, method)}}
 
 
 def run_jobs(jobs, workers):
@@ -280,16 +389,20 @@ def run_jobs(jobs, workers):
 def reproduce(out, scale, workers, cache_dir):
     """Everything but the report: -> {"methods": {name: {...}}, "autoencoder_trained": bool,
     "autoencoder_seconds": s}."""
-    first = run_jobs({"stage1": (stage_one_job, (out, scale, cache_dir)),
+    first = run_jobs({"data": (training_data_job, (out, scale, cache_dir)),
                       "target": (target_domain_job, (out, scale, cache_dir))}, workers)
     autoencoder = first["target"]["autoencoder"]
+    # the Stage I runs the Stage II runs start from, with the baselines beside the third
+    runs = run_jobs({**{run: (stage_one_job, (out, scale, run)) for run in STAGE1_RUNS},
+                     **{method: (evaluation_job, (out, scale, method)) for method in ("feature", "pixel")}}, workers)
     # the longest jobs first, so the two processes finish together
-    jobs = {variant: (stage_two_job, (out, scale, variant, autoencoder))
-            for variant in ("stage2_full", "stage2_ema", "stage2_vae", "stage2_disentangle", "stage2_control")}
-    jobs.update({method: (evaluation_job, (out, scale, method)) for method in ("stage1", "feature", "pixel")})
-    methods = run_jobs(jobs, workers)
-    methods["stage1"].update(first["stage1"])
-    return {"methods": {name: methods[name] for name in METHODS},
+    runs.update(run_jobs({variant: (stage_two_job, (out, scale, variant, autoencoder))
+                          for variant in ("stage2_full", "stage2_full_flat", "stage2_no_disentangle", "stage2_ema",
+                                          "stage2_vae", "stage2_disentangle", "stage2_control")}, workers))
+    evaluated = {method: metrics for run in runs.values() for method, metrics in run.pop("evaluations").items()}
+    methods = {name: {"metrics": evaluated[name], "run": METHODS[name][1], "prior": METHODS[name][2]}
+               for name in METHODS}
+    return {"methods": methods, "runs": {name: runs[name] for name in (*STAGE1_RUNS, *VARIANTS)},
             **{key: value for key, value in first["target"].items() if key != "autoencoder"}}
 
 
@@ -307,32 +420,50 @@ def group_f1(results, method, group, flags):
 
 
 def verdict(delta, margin):
-    if math.isnan(margin) or abs(delta) <= margin:
+    if math.isnan(margin) or abs(delta) <= margin + 1e-9:  # identical predictions: float noise is no effect
         return "no significant effect"
     return "helps" if delta > 0 else "hurts"
 
 
+# (method, against): each Stage II variant against the control, the mechanisms that help against the
+# baselines, full SIGMA against its best single mechanism and without disentanglement, the prior in
+# training and at inference, the prior's error rate, the tap convention
+COMPARED = [*[(variant, "stage2_control") for variant in ("stage2_vae", "stage2_ema", "stage2_disentangle",
+                                                          "stage2_full", "stage2_no_disentangle")],
+            ("stage2_control", "stage1"), ("stage2_full", "pixel"), ("stage2_full", "feature"),
+            ("stage2_vae", "pixel"), ("stage2_ema", "pixel"), ("stage2_full", "stage2_ema"),
+            ("stage2_full", "stage2_no_disentangle"),
+            ("stage2_full", "full_at_flat"), ("full_flat_at_sim", "full_flat"), ("stage2_full", "full_flat_at_sim"),
+            ("stage2_full", "full_flat"), ("stage1", "stage1_flat"),
+            ("full_at_miss0", "stage2_full"), ("full_at_miss50", "stage2_full"), ("full_at_miss50", "full_at_flat"),
+            ("stage1_dinov2", "stage1")]
+CONTROL_GROUPS = ("all", "perturbed", "unperturbed", "side_effect", "local", "regenerated",
+                  *(f"action:{action}" for action in ACTIONS))
+
+
+def compare(results, flags, method, against, group):
+    delta, margin = paired_difference(group_f1(results, method, group, flags[group]),
+                                      group_f1(results, against, group, flags[group]))
+    return {"method": method, "against": against, "group": group, "delta_f1": delta, "margin": margin,
+            "verdict": verdict(delta, margin)}
+
+
 def comparisons(results, flags):
-    """Each Stage II variant against the control, the mechanisms that help against the pixel
-    baseline, and full SIGMA against its best single mechanism, per group: mean F1 difference over the same pairs, with a paired 2-standard-error margin."""
-    rows = []
-    pairs = [(variant, "stage2_control") for variant in ("stage2_vae", "stage2_ema", "stage2_disentangle",
-                                                         "stage2_full")]
-    pairs += [("stage2_control", "stage1"), ("stage2_full", "pixel"), ("stage2_vae", "pixel"), ("stage2_ema", "pixel"),
-              ("stage2_full", "stage2_ema")]
-    for method, baseline in pairs:
-        for group in ("all", "perturbed", "unperturbed"):
-            delta, margin = paired_difference(group_f1(results, method, group, flags[group]),
-                                              group_f1(results, baseline, group, flags[group]))
-            rows.append({"method": method, "against": baseline, "group": group, "delta_f1": delta,
-                         "margin": margin, "verdict": verdict(delta, margin)})
-    return rows
+    """COMPARED on all, perturbed and unperturbed pairs: mean F1 difference over the same pairs, with a
+    paired 2-standard-error margin."""
+    return [compare(results, flags, method, against, group) for method, against in COMPARED
+            for group in ("all", "perturbed", "unperturbed")]
 
 
-def heldout_flags(out):
-    rows = [json.loads(line) for line in open(os.path.join(out, "data", "heldout", "manifest.jsonl"))]
-    return {"all": [True] * len(rows), "perturbed": [row["perturbed"] for row in rows],
-            "unperturbed": [not row["perturbed"] for row in rows]}
+def control_comparisons(results, flags):
+    """Full SIGMA against the control on every group the held-out set has."""
+    return [compare(results, flags, "stage2_full", "stage2_control", group) for group in CONTROL_GROUPS if group in flags]
+
+
+def heldout_flags(results):
+    """{group: per held-out pair, whether it counts in the group} from the pixel baseline's pass."""
+    pair_groups = results["methods"]["pixel"]["metrics"]["per_pair_groups"]
+    return {group: [group in groups for groups in pair_groups] for group in {g for gs in pair_groups for g in gs}}
 
 
 def cell(metrics, group, key="f1", kind="mean"):
@@ -344,7 +475,7 @@ def results_table(results):
     header = ("| method | F1 all | IoU all | pooled F1 all | F1 perturbed | IoU perturbed | F1 unperturbed "
               "| IoU unperturbed | F1 side-effect | IoU side-effect |")
     lines = [header, "|" + " --- |" * (header.count("|") - 1)]
-    for name, label in METHODS.items():
+    for name, (label, *_) in METHODS.items():
         metrics = results["methods"][name]["metrics"]
         cells = [cell(metrics, "all"), cell(metrics, "all", "iou"), cell(metrics, "all", "f1", "pooled"),
                  cell(metrics, "perturbed"), cell(metrics, "perturbed", "iou"), cell(metrics, "unperturbed"),
@@ -356,7 +487,7 @@ def results_table(results):
 def action_table(results):
     header = "| method | " + " | ".join(ACTIONS) + " |"
     lines = [header, "|" + " --- |" * (len(ACTIONS) + 1)]
-    for name, label in METHODS.items():
+    for name, (label, *_) in METHODS.items():
         metrics = results["methods"][name]["metrics"]
         lines.append(f"| {label} | " + " | ".join(cell(metrics, f"action:{action}") for action in ACTIONS) + " |")
     return "\n".join(lines)
@@ -365,7 +496,7 @@ def action_table(results):
 def area_table(results):
     header = "| method | perturbed: predicted | perturbed: truth | unperturbed: predicted | unperturbed: truth |"
     lines = [header, "|" + " --- |" * 5]
-    for name, label in METHODS.items():
+    for name, (label, *_) in METHODS.items():
         groups = results["methods"][name]["metrics"]["groups"]
         cells = [f"{groups[group]['area'][kind]:.3f}" if group in groups else "–"
                  for group in ("perturbed_local_action", "unperturbed_local_action")
@@ -374,22 +505,29 @@ def area_table(results):
     return "\n".join(lines)
 
 
+RUN_LABELS = {"stage1": "Stage I", "stage1_flat": "Stage I, flat prior", "stage1_dinov2": "Stage I, dinov2_blocks taps",
+              "stage2_control": "Stage II control", "stage2_vae": "Stage II VAE", "stage2_ema": "Stage II EMA",
+              "stage2_disentangle": "Stage II disentanglement", "stage2_full": "Full Stage II",
+              "stage2_no_disentangle": "Full Stage II minus disentanglement",
+              "stage2_full_flat": "Full Stage II, flat prior"}
+
+
 def training_log_table(results):
     columns = ("loss", "bce", "dice", "ema_confident", "disentangle", "separation")
     lines = ["| run | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 1)]
-    for name in ("stage1", *VARIANTS):
-        logged = results["methods"][name]["last_logged"]
+    for name, label in RUN_LABELS.items():
+        logged = results["runs"][name]["last_logged"]
         cells = [f"{logged[column]:.3f}" if logged.get(column) is not None else "–" for column in columns]
-        lines.append(f"| {METHODS[name]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def comparison_lines(rows):
+def comparison_lines(rows, skip_all=True):
     lines = []
     for row in rows:
-        if row["group"] == "all":
+        if skip_all and row["group"] == "all":
             continue
-        lines.append(f"- {METHODS[row['method']]} vs {METHODS[row['against']]}, {row['group']} pairs: "
+        lines.append(f"- {METHODS[row['method']][0]} vs {METHODS[row['against']][0]}, {row['group']} pairs: "
                      f"mean F1 {row['delta_f1']:+.3f} ± {row['margin']:.3f} → {row['verdict']}")
     return "\n".join(lines)
 
@@ -403,12 +541,16 @@ def report(results, scale, seconds, machine):
     """docs/results.md: every number in it comes from `results` (this run)."""
     import yaml
     from sigma_fast.data.synth import SynthConfig
+    from sigma_fast.data.synth_grounder import SimulatedGrounder
 
     with open(STAGE2_CONFIG) as handle:
         stage2_margin = yaml.safe_load(handle)["stage2"]["disentangle"]["margin"]
-    stage1 = results["methods"]["stage1"]
+    stage1 = results["runs"]["stage1"]
     counts = scale.counts
     target = SynthConfig()
+    grounder = SimulatedGrounder().settings
+    grounder_line = (f"misses {grounder['miss_rate']:.0%}, box-edge jitter {grounder['jitter']} of the side, "
+                     f"look-alike hits {grounder['distractor_rate']:.0%}, partial masks {grounder['partial_rate']:.0%}")
     autoencoder = (f"{results['autoencoder_seconds'] / 60:.1f} min of it training the generator's autoencoder "
                    "(a cold cache), in parallel with Stage I" if results["autoencoder_trained"]
                    else "with the generator's autoencoder loaded from its cache")
@@ -439,6 +581,16 @@ every number here comes from that run). Wall time of this run: **{seconds / 60:.
   alone. The VAE of the calibration is the generator's autoencoder: the stand-in for a diffusion
   editor's public VAE (the generator's resampling and JPEG are not simulated by it; EMA's resave
   of the student's edited image does resample and JPEG: see the reading below).
+- Prior: `sigma_fast.data.synth_grounder.SimulatedGrounder` ({grounder_line}) grounds every split into
+  a prior store (`data.priors`); every run trains with it and prior dropout {PRIOR_DROPOUT} (that
+  share of pairs gets the flat prior), except the rows "trained flat", and every model row is
+  evaluated with the held-out pairs' simulated prior, except the rows that name another prior at
+  inference. The error-rate rows ground the held-out pairs again with the same draws and only the
+  miss rate changed (0 and 0.5).
+- Taps: the main rows read taps {list(range(1, scale.backbone_layers + 1))} as Hugging Face `hidden_states` indices
+  (every block's output). The dinov2_blocks row reads the numbers valid in both conventions,
+  {list(range(1, scale.backbone_layers))}, as DINOv2 block indices: the outputs of blocks
+  {list(range(2, scale.backbone_layers + 1))}, each one block deeper, as (2, 5, 11) becomes blocks 3, 6, 12.
 - Baselines (`sigma_fast.baselines`): pixel differencing = max channel |original - edited| / 255;
   feature differencing = mean over the tiny backbone's {scale.backbone_layers} taps of
   (1 - cos) / 2 between LayerNormed patch tokens, upsampled bilinearly. Both binarised by Otsu's
@@ -471,6 +623,10 @@ Mean F1 differences over the same held-out pairs, with a paired margin of two st
 
 {comparison_lines(results['comparisons'])}
 
+Full Stage II against the control on every group (the pairs of each group):
+
+{comparison_lines(results['control_comparisons'], skip_all=False)}
+
 Training logs, mean of the last logged interval of each run (`ema_confident`: share of pixels
 where the EMA teacher is confident, the mean pseudo-label weight; `separation`: mean over
 noise-only tokens of 1 - cos between the token's difference-branch response and the edit
@@ -481,8 +637,9 @@ token):
 
 ## Reading this run
 
-The prose below is fixed text in the script and carries no numbers; it was written against this
-run's tables and must be revisited when the recipe or the generator changes.
+The prose below is fixed text in the script and carries no numbers. It was written against the
+first run with the simulated-grounder prior rows and must be revisited against the tables when the
+recipe or the generator changes.
 
 - **Pixel differencing** is a strong baseline on this generator: the perturbation keeps colours
   and moves most pixels by a few levels only (compare the local and regenerated counts), so
@@ -513,16 +670,23 @@ run's tables and must be revisited when the recipe or the generator changes.
   mechanism simulates), so on this proxy the resave is close to the test perturbation. Real
   editors' pipelines resample and save JPEGs too, but the size of this gain is an upper bound of
   what to expect on real corpora.
-- **Edit-noise disentanglement** alone has no measurable effect. The hinge acts token by token
-  (every noise-only token must be at least the margin away from the edit prototype), but without
-  the VAE's noise-only pairs the only noise-only tokens are unedited tokens of clean pairs, which
-  are far from the edit prototype already: the loss is near zero from the start, and a larger
-  margin was met as well in development runs. It bites beside the VAE's noise-only pairs (its loss
-  in the full run's log), where this table does not separate its effect from the VAE's.
-- **Full Stage II** beats pixel differencing on perturbed pairs by more than the margin, and its
-  predicted area on perturbed pairs is the closest to the truth. It is not the best row on all
-  pairs: it carries the VAE calibration's cost on unperturbed pairs and global edits, which EMA
-  self-training alone does not pay (the comparison of the two above).
+- **Edit-noise disentanglement** now shows an effect of its own against the control, and "full
+  minus disentanglement" isolates it inside the full recipe, where it is small (at the margin on
+  perturbed pairs). Development runs before the prior rows found no effect alone: differences of
+  this size between runs of different training randomness are within what the paired margins,
+  which compare predictions of fixed models, do not cover.
+- **Full Stage II** (simulated prior in training and at inference) is level with pixel and
+  feature differencing on perturbed pairs, within the margin: the issue's +0.10 target is not met.
+  It carries the VAE calibration's cost on unperturbed pairs and global edits, which EMA
+  self-training alone does not pay, and there it falls below the Stage I control.
+- **The prior** reaches the model (stored and flat priors give different probabilities) but has
+  no measurable effect on F1 at inference, whatever the simulated detector's miss rate: it acts
+  only through the refinement blocks, whose learned scales stay small. The rows that differ by the
+  prior in training also differ by training randomness, so their gaps are not the prior's effect.
+  Giving the prior leverage is a change of the model or recipe, not of this script.
+- **Tap convention**: the `dinov2_blocks` row reads other blocks of the small test backbone and also
+  drops the first block's output, so it compares two tap sets on this proxy, not the two readings
+  of the paper on ViT-B.
 """
 
 
@@ -555,7 +719,9 @@ def main(argv=None):
     shutil.rmtree(args.out, ignore_errors=True)
     os.makedirs(args.out)
     results = reproduce(args.out, scale, workers, cache_dir)
-    results["comparisons"] = comparisons(results, heldout_flags(args.out))
+    flags = heldout_flags(results)
+    results["comparisons"] = comparisons(results, flags)
+    results["control_comparisons"] = control_comparisons(results, flags)
     seconds = time.perf_counter() - started
     results.update(scale=dataclasses.asdict(scale), seeds=SEEDS, wall_seconds=seconds, machine=machine_description())
     os.makedirs(args.docs, exist_ok=True)

@@ -12,6 +12,7 @@ import importlib
 import pytest
 import torch
 
+from kernel_checks import assert_close
 from sigma_fast import kernels
 from sigma_fast.kernels import _dispatch, reference
 
@@ -52,14 +53,6 @@ def make_inputs(batch, heads, tokens, text_len, head_dim, *, seed, prior=True, m
         text_mask[:, 0] = True
         inputs["text_mask"] = text_mask.to(device)
     return inputs
-
-
-def assert_close(actual, expected, rtol):
-    """Elementwise within rtol of the reference's largest magnitude (no NaN), and every element written."""
-    assert actual.shape == expected.shape and actual.dtype == expected.dtype
-    actual, expected = actual.double().cpu(), expected.double().cpu()
-    assert torch.isfinite(actual).all()
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * expected.abs().max().item())
 
 
 def check_against_reference(inputs, scale=None, device=KERNEL_DEVICE):

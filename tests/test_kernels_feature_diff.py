@@ -10,6 +10,7 @@ import importlib
 import pytest
 import torch
 
+from kernel_checks import assert_close
 from sigma_fast import kernels
 from sigma_fast.kernels import _dispatch, reference
 
@@ -42,14 +43,6 @@ def make_inputs(batch, tokens, channels, dim, taps, *, seed, dtype=torch.float32
     move = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
     params = {name: None if p is None else p.to(device) for name, p in params.items()}
     return [move(t) for t in f_orig], [move(t) for t in f_edit], params
-
-
-def assert_close(actual, expected, rtol):
-    """Elementwise within rtol of the reference's largest magnitude (no NaN), and every element written."""
-    assert actual.shape == expected.shape and actual.dtype == expected.dtype
-    actual, expected = actual.double().cpu(), expected.double().cpu()
-    assert torch.isfinite(actual).all()
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * expected.abs().max().item())
 
 
 CASES = [

@@ -8,6 +8,7 @@ without either, the ops run the references and only the op plumbing is tested he
 import pytest
 import torch
 
+from kernel_checks import assert_close
 from sigma_fast import kernels
 from sigma_fast.kernels import _dispatch, reference
 
@@ -34,14 +35,6 @@ def make_inputs(leading, in_features, out_features, *, seed, dtype=torch.float32
         "residual": randn(*leading, out_features),
     }
     return {name: t.to(device=device, dtype=dtype) if t is not None else None for name, t in tensors.items()}
-
-
-def assert_close(actual, expected, rtol):
-    """Within rtol of the reference's largest magnitude, every element written (no NaN)."""
-    assert actual.shape == expected.shape and actual.dtype == expected.dtype
-    actual, expected = actual.double().cpu(), expected.double().cpu()
-    assert torch.isfinite(actual).all()
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * expected.abs().max().item())
 
 
 def gelu_args(t):

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from test_kernels_quantize_fp8 import assert_fp8_close
 
+from kernel_checks import assert_close
 from sigma_fast import kernels
 from sigma_fast.kernels import _dispatch, reference
 
@@ -37,14 +38,6 @@ def make_inputs(shape, dtype, *, with_y=True, with_gamma=True, seed=0, device=KE
     weight = (1.0 + 0.3 * randn(channels)).to(device)
     bias = (0.2 * randn(channels)).to(device)
     return x, y, gamma, weight, bias
-
-
-def assert_close(actual, expected, rtol):
-    """Within rtol of the reference's largest magnitude (no NaN), same shape and dtype."""
-    assert actual.shape == expected.shape and actual.dtype == expected.dtype
-    actual, expected = actual.double().cpu(), expected.double().cpu()
-    assert torch.isfinite(actual).all()
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * expected.abs().max().item())
 
 
 CASES = [

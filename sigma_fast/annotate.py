@@ -12,6 +12,7 @@ import torch
 
 from sigma_fast import ops
 from sigma_fast.grounding import EditTuple, parse_instruction
+from sigma_fast.grounding.parsers import parse_all
 from sigma_fast.io.images import ImageLoadError, load_image
 from sigma_fast.kernels._dispatch import interpreting
 from sigma_fast.model.graphs import GraphCache
@@ -34,9 +35,9 @@ class Annotation:
     """One pair's result: `mask` uint8 (H, W) in {0, 255} and `prob` (H, W) float32 (float16, or
     None, when asked so: see `Annotator.submit_images`), both at the edited image's size; `score` in
     [0, 1] (see `sigma_fast.ops.reference.mask_score`); `edit` the parsed instruction. With a
-    grounded prior, `prior` is the (g, g) prior the model used, `prior_flat` says whether grounding fell back to a flat prior, and `boxes` lists the detections.
-    `prior_mode` is how the prior was made: "grounded", or "none" (flat, also when `auto` found no
-    grounding models)."""
+    grounded prior, `prior` is the (g, g) prior the model used, `prior_flat` says whether grounding
+    fell back to a flat prior, and `boxes` lists the detections. `prior_mode` is how the prior was
+    made: "grounded", or "none" (flat, also when `auto` found no grounding models)."""
 
     mask: np.ndarray
     prob: Optional[np.ndarray]
@@ -285,13 +286,6 @@ class PendingAnnotations:
 
     def result(self):
         return [annotation for chunk in self.chunks for annotation in chunk.annotations()]
-
-
-def parse_all(parser, instructions):
-    """Parsed edits, one per instruction: in one batch where the parser has one (the LLM parser)."""
-    if hasattr(parser, "parse_batch"):
-        return parser.parse_batch(list(instructions))
-    return [parser(text) for text in instructions]
 
 
 def pad(items, count):

@@ -126,13 +126,15 @@ def grounder_settings(grounder):
 
 def compute_priors(corpus, folder, grounder, grid, batch_size=8, parser=None, settings=None, progress=True):
     """Ground every pair of `corpus` (an `open_corpus` Corpus) into the store at `folder`, `batch_size`
-    pairs per grounder call; keys already stored are skipped (resume). `grounder` has
-    `priors(originals, editeds, edits, grid)` -> GroundingResult (a `Grounder`, or any producer with
-    that method, whose `settings` mapping is then given). Returns counts: grounded, flat, skipped
+    pairs per grounder call and per parser call (where the parser parses batches, as the LLM parser
+    does); keys already stored are skipped (resume). `grounder` has `priors(originals, editeds, edits,
+    grid)` -> GroundingResult (a `Grounder`, or any producer with that method, whose `settings`
+    mapping is then given). Returns counts: grounded, flat, skipped
     (already stored), failed (rows that cannot be read or decoded), total."""
     from tqdm.auto import tqdm
 
     from sigma_fast.grounding import parse_instruction
+    from sigma_fast.grounding.parsers import parse_all
     from sigma_fast.io.corpora import RowFailure
     from sigma_fast.io.images import ImageLoadError, load_image
 
@@ -145,7 +147,8 @@ def compute_priors(corpus, folder, grounder, grid, batch_size=8, parser=None, se
     batch = []
 
     def flush():
-        result = grounder.priors([b[1] for b in batch], [b[2] for b in batch], [b[3] for b in batch], grid)
+        edits = parse_all(parser, [b[3] for b in batch])
+        result = grounder.priors([b[1] for b in batch], [b[2] for b in batch], edits, grid)
         for (key, *_), prior, flat in zip(batch, result.prior, result.flat.tolist()):
             store.put(key, prior, flat)
             counts["flat" if flat else "grounded"] += 1
@@ -167,7 +170,7 @@ def compute_priors(corpus, folder, grounder, grid, batch_size=8, parser=None, se
                 logger.warning("skipping %s: %s", item.key, error)
                 counts["failed"] += 1
                 continue
-            batch.append((item.key, original, edited, parser(item.instruction)))
+            batch.append((item.key, original, edited, item.instruction))
             if len(batch) == batch_size:
                 flush()
         if batch:

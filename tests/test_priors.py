@@ -15,6 +15,7 @@ from sigma_fast.train.config import SourceConfig
 from sigma_fast.train.data import open_source
 from sigma_fast.train.stream import TRAIN_STREAM, PairStream
 from test_grounding_models import model_folders  # noqa: F401 (the tiny grounding models fixture)
+from test_grounding_parser import spy_generate, tiny_lm_folder  # noqa: F401 (the tiny LM fixture)
 from train_helpers import CONFIGS, tiny_overrides, write_parquet
 
 SETTINGS = {"producer": "test"}
@@ -67,6 +68,18 @@ def test_compute_priors_resumes_and_counts(tmp_path):
                            settings=SETTINGS, progress=False)
     assert again == {"grounded": 0, "flat": 1, "skipped": 3, "failed": 1, "total": 5}
     assert producer.pairs == 4  # the three stored pairs were not grounded again
+
+
+def test_compute_priors_parses_each_batch_in_one_llm_call(tiny_lm_folder, tmp_path):  # noqa: F811
+    from sigma_fast.grounding import LLMParser
+
+    corpus_path = write_fixture("manifest", tmp_path / "corpus", pairs=5)
+    parser = LLMParser.from_pretrained(str(tiny_lm_folder), device="cpu")
+    calls = spy_generate(parser, ['{"action": "global", "source": null, "target": null}'] * 5)
+    counts = compute_priors(open_corpus(corpus_path), str(tmp_path / "p"), CountingProducer(), 4, batch_size=2,
+                            parser=parser, settings=SETTINGS, progress=False)
+    assert counts["flat"] == 5 and parser.fallbacks == 0  # every reply was read as the global edit
+    assert [call["input_ids"].shape[0] for call in calls] == [2, 2, 1]  # one model call per batch of pairs
 
 
 def test_prior_command_grounds_a_fixture_corpus(model_folders, tmp_path, monkeypatch, capsys):  # noqa: F811

@@ -74,6 +74,13 @@ class ParseCache:
         return os.path.join(self.folder, f"{key}.json")
 
 
+def parse_all(parser, instructions):
+    """Parsed edits, one per instruction: in one batch where the parser has one (the LLM parser)."""
+    if hasattr(parser, "parse_batch"):
+        return parser.parse_batch(list(instructions))
+    return [parser(text) for text in instructions]
+
+
 def load_parser(kind="rules", model=None, cache_dir=DEFAULT_CACHE_DIR, device=None, dtype=None):
     """The parser a command runs: `parse_instruction` for "rules"; for "llm" an `LLMParser` on
     `model` (hub id or folder; None = the default) whose parses are cached under `cache_dir` (None:

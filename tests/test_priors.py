@@ -108,6 +108,26 @@ def test_prior_command_grounds_a_fixture_corpus(model_folders, tmp_path, monkeyp
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] == 3
 
 
+def test_a_manifest_key_with_any_characters_trains_with_its_stored_prior(tmp_path):
+    keys = ["a/b c:1", "plain", "x?*y"]
+    corpus_path = write_fixture("manifest", tmp_path / "corpus", pairs=3, keys=keys)
+    rows = [json.loads(line) for line in open(corpus_path)]
+    with open(corpus_path, "w") as handle:  # a local edit: its prior is not flat
+        handle.write("".join(json.dumps({**row, "instruction": "remove the dog"}) + "\n" for row in rows))
+    counts = compute_priors(open_corpus(corpus_path), str(tmp_path / "p"), CountingProducer(), 4,
+                            settings=SETTINGS, progress=False)
+    assert counts["grounded"] == 3
+    store = PriorStore(str(tmp_path / "p"))
+    source = open_source(SourceConfig(format="manifest", path=corpus_path), need_mask=False)
+    assert [source.row(0, index).key for index in range(3)] == keys
+    stream = PairStream([source], 28, 3, 0, 1, 0, TRAIN_STREAM, False, priors=store, finite=True)  # in file order
+    for position, key in enumerate(keys):
+        sample, failure = stream.sample(position)
+        assert failure is None and not sample["prior_flat"]
+        assert torch.equal(sample["prior"], store.get(key)[0])
+    assert store.missing == 0
+
+
 def stored_priors(folder, keys, grid):
     """A store holding a distinct, non-flat prior for each key -> (store, {key: prior})."""
     store = PriorStore.create(str(folder), grid, SETTINGS)

@@ -1,15 +1,16 @@
 """Reading pair manifests: JSONL or CSV rows with `original`, `edited`, `instruction`, optional
-`mask` and optional `key`. Relative paths resolve against the manifest's folder; a row without a
-`key` gets a stable one from its line number. Malformed rows come back as failures, not errors."""
+`mask` and optional `key`. Relative paths resolve against the manifest's folder. A row's key is the
+corpus reader's (`sigma_fast.io.corpora.manifest.row_key`: its `key` verbatim, else a stable one from
+its line number), so a prior store that `sigma-fast prior` filled from the same manifest has it;
+file names are made from keys where files are written (`safe_name`). Malformed rows come back as
+failures, not errors."""
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from sigma_fast.io.corpora.manifest import manifest_rows
+from sigma_fast.io.corpora.manifest import manifest_rows, row_key
 
 REQUIRED_FIELDS = ("original", "edited", "instruction")
-UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass
@@ -30,14 +31,6 @@ class RowFailure:
     reason: str
 
 
-def safe_key(key):
-    """A key usable as a file stem: unsafe characters replaced by '_'."""
-    cleaned = UNSAFE_KEY_CHARS.sub("_", str(key)).strip("._")
-    if not cleaned:
-        raise ValueError(f"key {key!r} has no usable characters")
-    return cleaned
-
-
 def read_manifest(path):
     """-> (records, failures): PairRecords in file order and RowFailures for malformed rows."""
     if not os.path.isfile(path):
@@ -52,7 +45,7 @@ def read_manifest(path):
         if isinstance(row, str):
             failures.append(RowFailure(f"line{line:08d}", path, f"line {line}: {row}"))
             continue
-        key = safe_key(row["key"]) if row.get("key") not in (None, "") else f"line{line:08d}"
+        key = row_key(row, line)
         missing = [name for name in REQUIRED_FIELDS if not isinstance(row.get(name), str)
                    or (name != "instruction" and not row[name])]
         if missing:

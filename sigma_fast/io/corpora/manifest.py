@@ -43,7 +43,9 @@ def count(source):
     return sum(1 for _ in manifest_rows(source))
 
 
-def _key(row, line):
+def row_key(row, line):
+    """A row's corpus key: its `key` verbatim (as text), else `line{n:08d}`. Training's manifest reader
+    keys rows the same, so a prior store filled from this reader is read by training."""
     key = row.get("key")
     return f"line{line:08d}" if key in (None, "") else str(key)
 
@@ -71,7 +73,7 @@ def read(source, skip=0):
             if index >= skip:
                 yield RowFailure(index, f"line{line:08d}", where, f"line {line}: {row}")
             continue
-        key = _key(row, line)
+        key = row_key(row, line)
         problem = _problem(row)
         if problem is None and key in seen:
             problem = f"duplicate key {key!r}"

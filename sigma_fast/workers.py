@@ -51,8 +51,9 @@ def parse_devices(spec):
 
 class AnnotatorRecipe:
     """What rebuilds an Annotator on another device, picklable: the checkpoint's config and head
-    weights (on the CPU) and the Annotator's settings. The frozen encoders load from the paths the
-    config names, and FP8 quantizes again there, so the copy computes what the original does."""
+    weights (on the CPU) and the Annotator's settings, its grounding options included (so that
+    prior="auto" looks for the same detector and segmenter). The frozen encoders load from the paths
+    the config names, and FP8 quantizes again there, so the copy computes what the original does."""
 
     def __init__(self, annotator):
         if annotator.prior_mode == "grounded":
@@ -62,6 +63,7 @@ class AnnotatorRecipe:
         self.head = {name: tensor.detach().cpu() for name, tensor in annotator.model.head_state_dict().items()}
         self.options = {"dtype": annotator.precision, "batch_size": annotator.batch_size,
                         "threshold": annotator.threshold, "parser": annotator.parser, "prior": annotator.prior_mode,
+                        "grounding_options": annotator.grounding_options,
                         # the parent's choice where it runs on a GPU; graphs by default otherwise
                         "cuda_graphs": annotator.cuda_graphs or annotator.device.type != "cuda"}
 

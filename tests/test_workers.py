@@ -2,6 +2,7 @@
 processes: the output must be byte-identical to a single-process run."""
 import filecmp
 import os
+import pickle
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from sigma_fast.pipeline import annotate_corpus
 from sigma_fast.workers import AnnotatorRecipe, parse_devices
 
 from corpus_fixtures import write_fixture
+from test_grounding_models import model_folders  # noqa: F401 (the tiny grounding models fixture)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,8 @@ def test_two_cpu_workers_resume_and_write_the_bytes_of_one_process(annotator, tm
     os.rename(out, tmp_path / "single")  # dataset.json holds absolute paths: both runs write into `out`
     annotate_corpus(annotator, open_corpus(path, limit=4), out, **options)  # shards 0 and 1, as a killed run leaves
     several = annotate_corpus(annotator, open_corpus(path), out, devices="cpu,cpu", **options)
-    assert (several.rows, several.skipped_finished, several.annotated, several.failed, several.shards) == (9, 4, 4, 1, 5)
+    counts = (several.rows, several.skipped_finished, several.annotated, several.failed, several.shards)
+    assert counts == (9, 4, 4, 1, 5)
     assert (several.kept, several.dataset_entries) == (single.kept, single.dataset_entries)
     files = tree(out)
     assert files == tree(tmp_path / "single") and "shards/00004/done.json" in files
@@ -64,3 +67,19 @@ def test_grounded_annotators_are_refused_before_out_is_touched(annotator, tmp_pa
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="grounded"):
         AnnotatorRecipe(grounded)
+
+
+def test_workers_look_for_the_grounding_models_the_command_names(model_folders, tmp_path):  # noqa: F811
+    from sigma_fast.cli import build_parser, load_annotator
+
+    detector, segmenter = model_folders
+    args = build_parser().parse_args(["annotate", "--manifest", "m.jsonl", "--out", "o", "--prior", "auto",
+                                      "--detector", detector, "--segmenter", segmenter, "--grounding-cache",
+                                      str(tmp_path / "cache"), "--device", "cpu", "--devices", "cpu,cpu"])
+    parent = load_annotator(args)
+    assert parent.grounding
+    recipe = pickle.loads(pickle.dumps(AnnotatorRecipe(parent)))  # what a spawned worker receives
+    worker = recipe(torch.device("cpu"))
+    assert worker.grounding and worker.grounder.settings == parent.grounder.settings
+    assert worker.grounding_options == {"detector": detector, "segmenter": segmenter,
+                                        "cache_dir": str(tmp_path / "cache")}

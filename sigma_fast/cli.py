@@ -9,7 +9,8 @@ import traceback
 
 def add_model_options(parser, prior="none"):
     parser.add_argument("--checkpoint", default=None,
-                        help="checkpoint folder or hub id (default: $SIGMA_FAST_CHECKPOINT, else the embedded demo model)")
+                        help="checkpoint folder or hub id "
+                             "(default: $SIGMA_FAST_CHECKPOINT, else the embedded demo model)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16", "fp8"],
                         help="compute dtype (default: bf16 on the GPU, fp32 on the CPU); fp8: bf16 with the "
@@ -21,7 +22,8 @@ def add_model_options(parser, prior="none"):
     parser.add_argument("--threshold", type=float, default=None, help="mask threshold (default: the checkpoint's, 0.5)")
     parser.add_argument("--prior", default=prior, choices=["none", "grounded", "auto"],
                         help="spatial prior: flat, grounded with Grounding DINO + SAM 2, or auto: grounded when "
-                             f"those models load offline (folders, hub cache), else flat with a warning (default {prior})")
+                             "those models load offline (folders, hub cache), else flat with a warning "
+                             f"(default {prior})")
     add_grounding_options(parser)
 
 
@@ -37,7 +39,8 @@ def add_grounding_options(parser):
 def add_parser_options(parser, default="rules"):
     parser.add_argument("--parser", default=default, choices=["rules", "llm"],
                         help="instruction parser: the rules, or a causal LM (parses cached per instruction; when "
-                             f"the model cannot be loaded, one warning and the rules) (default {default or 'data.parser'})")
+                             "the model cannot be loaded, one warning and the rules) "
+                             f"(default {default or 'data.parser'})")
     parser.add_argument("--parser-model", default=None, metavar="PATH_OR_ID",
                         help="the LLM parser's model folder or hub id (default Qwen/Qwen2.5-1.5B-Instruct)")
 
@@ -173,17 +176,19 @@ def command_eval(args):
         return Grounder.from_pretrained(detector=args.detector, segmenter=args.segmenter,
                                         device=resolve_device(args.device), cache_dir=args.grounding_cache)
 
-    methods = build_methods(args.methods.split(","), load_annotator(args), grounder, args.feature_threshold)
+    sigma = load_annotator(args)
+    methods = build_methods(args.methods.split(","), sigma, grounder, args.feature_threshold)
     summary = evaluate(methods, corpus, args.out, dev=dev, dev_fraction=args.dev_fraction,
                        jpeg_sweep=args.jpeg_sweep, resize_sweep=args.resize_sweep, gallery=args.gallery,
                        averaging=args.averaging, resize_masks=args.resize_masks, batch_size=args.batch_size,
-                       workers=args.workers, progress=not args.quiet)
+                       workers=args.workers, device=sigma.device, progress=not args.quiet)  # annotate's decoding
     fields = {}
     for method in summary["methods"]:
         table = summary["tables"][method]["all"]
         fields[method] = table if args.json else "  ".join(
             f"{name} {value:.4f}" if value is not None else f"{name} n/a"
-            for name, value in (("F1", table["mean"]["f1"]), ("IoU", table["mean"]["iou"]), ("AUC", table["mean"]["auc"])))
+            for name, value in (("F1", table["mean"]["f1"]), ("IoU", table["mean"]["iou"]),
+                                ("AUC", table["mean"]["auc"])))
     fields["skipped"] = len(summary["failures"])
     if args.out:
         fields["report"] = shown_path(os.path.join(args.out, "report.html"))
@@ -278,7 +283,8 @@ def build_parser():
     add_common_options(parser, False)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    annotate = commands.add_parser("annotate", help="annotate a corpus of edit pairs into IMDL-BenCo / webdataset shards")
+    annotate = commands.add_parser("annotate",
+                                   help="annotate a corpus of edit pairs into IMDL-BenCo / webdataset shards")
     source = annotate.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", metavar="PATH_OR_GLOB",
                         help="corpus files, globs, folders or fsspec URLs (read in sorted order)")
@@ -318,7 +324,8 @@ def build_parser():
     evaluate = commands.add_parser("eval", help="pixel F1/IoU/AUC of SIGMA and baselines against ground-truth masks")
     eval_source = evaluate.add_mutually_exclusive_group(required=True)
     eval_source.add_argument("--input", nargs="+", metavar="PATH_OR_GLOB", help="corpus or benchmark with masks")
-    eval_source.add_argument("--manifest", help="short for --format manifest --input MANIFEST (rows with a mask column)")
+    eval_source.add_argument("--manifest",
+                             help="short for --format manifest --input MANIFEST (rows with a mask column)")
     evaluate.add_argument("--format", default=None, choices=FORMATS + BENCHMARK_FORMATS,
                           help="the input's schema (default: detected; benchmark layouts are named, never detected)")
     evaluate.add_argument("--out", default=None,
@@ -330,7 +337,8 @@ def build_parser():
                           help="also score with the edited image re-encoded as JPEG at quality 100..50")
     evaluate.add_argument("--resize-sweep", action="store_true",
                           help="also score with the edited image resized by 0.75 and 0.5, then JPEG at each quality")
-    evaluate.add_argument("--gallery", type=int, default=6, help="best and worst N pairs shown in the report (default 6)")
+    evaluate.add_argument("--gallery", type=int, default=6,
+                          help="best and worst N pairs shown in the report (default 6)")
     evaluate.add_argument("--dev-input", default=None,
                           help="dev split calibrating the feature baseline's threshold (default: a held-out "
                                "--dev-fraction of the input, left out of every table)")
@@ -368,7 +376,8 @@ def build_parser():
     synth.add_argument("--out", required=True, help="output folder: original/, edited/, mask/, manifest.jsonl")
     synth.add_argument("--pairs", type=int, required=True, help="number of pairs")
     synth.add_argument("--seed", type=int, default=0, help="the same seed gives the same pairs (default 0)")
-    synth.add_argument("--size", type=int, default=128, help="image side in pixels, a multiple of 8 >= 64 (default 128)")
+    synth.add_argument("--size", type=int, default=128,
+                       help="image side in pixels, a multiple of 8 >= 64 (default 128)")
     synth.add_argument("--autoencoder", action="store_true",
                        help="include a learned autoencoder round trip among the editor-like perturbations "
                             "(trains a small model on first use: minutes on a CPU; cached)")

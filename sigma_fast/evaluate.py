@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from sigma_fast.baselines import method_note
 from sigma_fast.io.corpora import RowFailure
-from sigma_fast.io.decode import decode_record
+from sigma_fast.io.decode import PairDecoder
 from sigma_fast.io.images import ImageLoadError
 from sigma_fast.metrics import PixelMetrics, check_averaging, load_ground_truth, mask_rule
 
@@ -102,32 +102,40 @@ def dev_keys(corpus, fraction):
     return {key for _, key in keys[:max(1, round(fraction * len(keys)))]}
 
 
-def decode_with_mask(record, resize_masks=False):
-    """PairRecord -> (record, original, edited, gt bool (H, W)) as uint8 tensors, or (record, reason).
-    The mask is read by its corpus format's rule (`sigma_fast.metrics.mask_rule`); one of another
-    size than the edited image is a failure unless `resize_masks`."""
+def unscorable(record):
+    """Why a row cannot be scored before anything is decoded, or None."""
     if record.original is None:  # CocoGlide, SID_Set, OpenSDI, IMDL-BenCo sets: one image per row
-        return record, "single-image benchmark row: every method here compares an original with its edit"
+        return "single-image benchmark row: every method here compares an original with its edit"
     if record.mask is None:
-        return record, "no ground-truth mask in this row"
-    decoded = decode_record(record)
+        return "no ground-truth mask in this row"
+    return None
+
+
+def with_mask(record, decoded, resize_masks=False):
+    """A PairRecord and its decoded (original, edited) uint8 tensors, or a reason -> (record, original,
+    edited, gt bool (H, W)), or (record, reason). The mask is read by its corpus format's rule
+    (`sigma_fast.metrics.mask_rule`); one of another size than the edited image is a failure unless
+    `resize_masks`."""
     if isinstance(decoded, str):
         return record, decoded
     original, edited = decoded
     try:
-        gt = load_ground_truth(record.mask, size=tuple(edited.pixels.shape[:2]),
-                               rule=mask_rule(record.meta.get("format")), resize=resize_masks)
+        gt = load_ground_truth(record.mask, size=tuple(edited.shape[:2]), rule=mask_rule(record.meta.get("format")),
+                               resize=resize_masks)
     except ImageLoadError as error:
         return record, f"mask: {error.reason}"
     except ValueError as error:
         return record, str(error)
-    return record, original.pixels, edited.pixels, gt
+    return record, original, edited, gt
 
 
-def decoded_pairs(corpus, workers, keep=lambda record: True, failures=None, batch_size=16, resize_masks=False):
-    """Batches of (record, original, edited, gt) of the corpus rows `keep` accepts; unreadable rows
-    go to `failures` as {"key", "reason"} (when given)."""
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sigma-decode") as decoder:
+def decoded_pairs(corpus, workers, keep=lambda record: True, failures=None, batch_size=16, resize_masks=False,
+                  device="cpu"):
+    """Batches of (record, original, edited, gt) of the corpus rows `keep` accepts, on the CPU; unreadable
+    rows go to `failures` as {"key", "reason"} (when given). Images are decoded as annotate decodes
+    them (`PairDecoder` on `device`: the same backend, so the same pixels and the same reasons)."""
+    with PairDecoder(device, workers=workers) as decoder, \
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sigma-mask") as masks:
         chunk = []
         for item in corpus:
             if isinstance(item, RowFailure):
@@ -137,15 +145,20 @@ def decoded_pairs(corpus, workers, keep=lambda record: True, failures=None, batc
             if keep(item):
                 chunk.append(item)
             if len(chunk) == batch_size:
-                yield _decode(decoder, chunk, failures, resize_masks)
+                yield _decode(decoder, masks, chunk, failures, resize_masks)
                 chunk = []
         if chunk:
-            yield _decode(decoder, chunk, failures, resize_masks)
+            yield _decode(decoder, masks, chunk, failures, resize_masks)
 
 
-def _decode(decoder, chunk, failures, resize_masks):
+def _decode(decoder, masks, chunk, failures, resize_masks):
+    reasons = [unscorable(record) for record in chunk]
+    decoded = iter(decoder.decode([record for record, reason in zip(chunk, reasons) if reason is None]))
+    # pixels come to the host here, on the thread whose stream the decoder made them ready on
+    pairs = [reason or next(decoded) for reason in reasons]
+    pairs = [pair if isinstance(pair, str) else tuple(image.pixels.cpu() for image in pair) for pair in pairs]
     ready = []
-    for result in decoder.map(lambda record: decode_with_mask(record, resize_masks), chunk):
+    for result in masks.map(lambda args: with_mask(*args, resize_masks), zip(chunk, pairs)):
         if len(result) == 2:
             if failures is not None:
                 failures.append({"key": result[0].key, "reason": result[1]})
@@ -235,14 +248,14 @@ def gallery_item(record, pair, original, edited, gt, results, primary):
                                      prior)}
 
 
-def calibrate_feature(method, corpus, workers, held_out=None, fraction=None, resize_masks=False):
+def calibrate_feature(method, corpus, workers, held_out=None, fraction=None, resize_masks=False, device="cpu"):
     """Calibrate the feature baseline on `corpus` (only the keys in `held_out`, the set `dev_keys`
-    drew with `fraction`, when given) -> the calibration entry of the summary."""
+    drew with `fraction`, when given; decoded on `device`) -> the calibration entry of the summary."""
     keep = (lambda record: record.key in held_out) if held_out is not None else (lambda record: True)
     pairs = [0]
 
     def streamed():
-        for batch in decoded_pairs(corpus, workers, keep, resize_masks=resize_masks):
+        for batch in decoded_pairs(corpus, workers, keep, resize_masks=resize_masks, device=device):
             for _, original, edited, gt in batch:
                 pairs[0] += 1
                 yield original, edited, gt
@@ -256,29 +269,32 @@ def calibrate_feature(method, corpus, workers, held_out=None, fraction=None, res
 
 def evaluate(methods, corpus, out_dir=None, *, dev=None, dev_fraction=DEV_FRACTION, jpeg_sweep=False,
              resize_sweep=False, gallery=GALLERY, averaging="skip_empty", resize_masks=False, batch_size=16,
-             workers=4, progress=True):
+             workers=4, device=None, progress=True):
     """Scores `methods` ({name: annotator-like}, see `sigma_fast.baselines.build_methods`; the first
     is the primary one) on a `Corpus` with masks. `averaging`: see `sigma_fast.metrics`;
-    `resize_masks`: resize a mask of another size than its edited image instead of skipping the pair.
+    `resize_masks`: resize a mask of another size than its edited image instead of skipping the pair;
+    `device`: where images are decoded, with annotate's decoder (None: the primary method's device,
+    the CPU for a baseline).
     With `out_dir`, writes eval_summary.json, eval_pairs.jsonl and report.html there.
     -> the summary dict (README, "Evaluation")."""
     if not methods:
         raise ValueError("no method to evaluate")
     check_averaging(averaging)
     primary = next(iter(methods))
+    device = device or getattr(methods[primary], "device", "cpu")
     calibration, held_out = None, None
     feature = methods.get("feature")
     if feature is not None and feature.fixed is None:
         held_out = None if dev is not None else dev_keys(corpus, dev_fraction)
         calibration = calibrate_feature(feature, dev if dev is not None else corpus, workers, held_out, dev_fraction,
-                                        resize_masks)
+                                        resize_masks, device)
     condition_list = conditions(jpeg_sweep, resize_sweep)
     tables = Tables(methods, {name: method.threshold for name, method in methods.items()}, averaging)
     showcase = Gallery(gallery)
     failures, rows = [], []
     keep = (lambda record: record.key not in held_out) if held_out is not None else (lambda record: True)
     bar = tqdm(total=corpus.total(), unit="pair", desc="eval", disable=not progress)
-    for batch in decoded_pairs(corpus, workers, keep, failures, batch_size, resize_masks):
+    for batch in decoded_pairs(corpus, workers, keep, failures, batch_size, resize_masks, device):
         outside = [changed_outside(original, edited, gt) for _, original, edited, gt in batch]
         for condition in condition_list:
             editeds = [degrade(edited, condition) for _, _, edited, _ in batch]

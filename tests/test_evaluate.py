@@ -67,6 +67,25 @@ def test_tables_by_benchmark_action_and_group(tmp_path):
     assert {row["condition"] for row in rows} == {"clean"} and len(rows) == 8
 
 
+def test_eval_decodes_with_annotates_pair_decoder(tmp_path, monkeypatch):
+    from sigma_fast.io.decode import PairDecoder, choose_backend
+
+    decoders, real = [], PairDecoder.decode
+
+    def decode(self, records):  # the real decoder, recording what it was given
+        decoders.append((self.device, self.backend, [record.key for record in records]))
+        return real(self, records)
+
+    monkeypatch.setattr(PairDecoder, "decode", decode)
+    corpus = open_corpus(os.path.join(DEMO_PAIRS, "pairs.jsonl"))
+    summary = evaluate({"pixel": pixel_baseline()}, corpus, batch_size=3, gallery=0, progress=False)
+    assert [len(keys) for *_, keys in decoders] == [3, 3, 2]  # one call per batch of pairs
+    # annotate's choice for the CPU (PIL, or DALI's CPU pipeline where it is installed)
+    assert {(device, backend) for device, backend, _ in decoders} == {(torch.device("cpu"),
+                                                                       choose_backend(torch.device("cpu"))[0])}
+    assert summary["all"]["images"] == 8 and not summary["failures"]
+
+
 def test_eval_sigma_pixel_feature_jpeg_sweep_end_to_end(tmp_path, capsys):
     """The done-when check: the demo model on the shipped pairs and on a MagicBrush fixture."""
     benchmark = write_fixture("magicbrush", tmp_path / "magicbrush", pairs=4, size=32)

@@ -182,22 +182,6 @@ def _decode_pil(data):
         return one_line(error.reason)
 
 
-def decode_record(record):
-    """One PairRecord with PIL in the calling thread -> (original, edited) DecodedImages on the CPU, or a
-    one-line reason; headers (and the bomb check) first, as in PairDecoder."""
-    decoded = []
-    for role, data in (("original", record.original), ("edited", record.edited)):
-        try:
-            read_header(data)
-        except ImageLoadError as error:
-            return f"{role} image: {error.reason}"
-        result = _decode_pil(data)
-        if isinstance(result, str):
-            return f"{role} image: {result}"
-        decoded.append(result)
-    return tuple(decoded)
-
-
 class PairDecoder:
     """Decodes the (original, edited) bytes of PairRecords to uint8 (H, W, 3) tensors on `device`.
 

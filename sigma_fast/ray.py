@@ -3,8 +3,10 @@ any Ray Dataset of encoded image pairs.
 
 - `annotate_corpus_ray(make_annotator, corpus, out_dir, ...)` (`sigma-fast annotate --ray`): the
   driver counts the corpus (files whose row count is not in their metadata, such as tar shards, are
-  counted by Ray tasks), prepares OUT exactly as the single-process run does, and hands the shards
-  still to do to a pool of `ShardAnnotator` actors (one per GPU, `num_gpus=1`). An actor reads its
+  counted by Ray tasks: a local uncompressed tar from its member headers alone, so its images are
+  read once, by the actor annotating them; a compressed or remote tar by one more read), prepares
+  OUT exactly as the single-process run does, and hands the shards still to do to a pool of
+  `ShardAnnotator` actors (one per GPU, `num_gpus=1`). An actor reads its
   shard's rows with the project's own readers and runs the single-process stages on them
   (`sigma_fast.pipeline.run_shards`: decode ahead, model, writer committing the shard with its done
   record); the driver merges with `finish_run`. So the

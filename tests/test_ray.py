@@ -81,6 +81,38 @@ def test_annotate_dataset_over_read_corpus_gives_the_single_process_masks(local_
         assert json.loads(row["edit"]) == want["edit"] and json.loads(row["meta"]) == want["meta"]
 
 
+class CountedReads:
+    """A real file object that adds the bytes read through it to `counter[0]`."""
+
+    def __init__(self, handle, counter):
+        self.handle, self.counter = handle, counter
+
+    def read(self, size=-1):
+        data = self.handle.read(size)
+        self.counter[0] += len(data)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+
+def test_counting_a_tar_reads_its_member_headers_not_their_data(tmp_path, monkeypatch):
+    from sigma_fast.io.corpora import sources
+    from sigma_fast.ray import _count_rows
+
+    path = write_fixture("webdataset", tmp_path, pairs=4, size=96)
+    counter, open_binary = [0], sources.open_binary
+    monkeypatch.setattr(sources, "open_binary", lambda source: CountedReads(open_binary(source), counter))
+    assert _count_rows("webdataset", path) == 4  # what a Ray count task does with a tar
+    assert counter[0] < os.path.getsize(path) / 10  # the images are read once: by the shard that annotates them
+
+
 def test_bad_arguments_are_refused(corpus, tmp_path, capsys):
     from sigma_fast.ray import annotate_corpus_ray, read_corpus
 

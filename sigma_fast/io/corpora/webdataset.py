@@ -2,8 +2,11 @@
 name up to the first '.' of its base name): `key.src.*` (or `orig`/`original`/`source`),
 `key.edit.*` (or `edited`/`target`), `key.json` with the instruction under "instruction",
 "edit_prompt", "edit", "prompt" or "edit_instruction" (else `key.txt`), optional `key.mask.*`.
-Members are read one by one from the stream (`tarfile` mode `r|*`, any compression), never
-extracted; a truncated member or an unreadable tar is one RowFailure and the file ends there."""
+Members are read one by one, never extracted: a local uncompressed tar with seeks (`tarfile` mode
+`r:`), so the members of skipped samples are never read and a count (everything skipped) reads the
+headers only; a compressed or remote one from the stream (mode `r|*`, any compression). Both modes
+find the same members and the same damage: a truncated member or an unreadable tar is one RowFailure
+and the file ends there."""
 import contextlib
 import json
 import tarfile
@@ -37,12 +40,22 @@ def count(source):
     return None
 
 
+def open_archive(handle, source):
+    """A TarFile over an open `source`: random access for a local uncompressed tar, else a stream."""
+    if not sources.is_url(source):  # a remote file would pay a request per seek
+        try:
+            return tarfile.open(fileobj=handle, mode="r:")
+        except tarfile.ReadError:  # compressed, or no tar: the stream says which
+            handle.seek(0)
+    return tarfile.open(fileobj=handle, mode="r|*")
+
+
 def read(source, skip=0):
     """PairRecord | RowFailure per sample from sample `skip` on (index local to the shard);
     returns the shard's sample count. Members of skipped samples are passed over unread."""
     with contextlib.ExitStack() as stack:
         try:
-            archive = tarfile.open(fileobj=stack.enter_context(sources.open_binary(source)), mode="r|*")
+            archive = open_archive(stack.enter_context(sources.open_binary(source)), source)
         except READ_ERRORS as error:
             if skip == 0:
                 yield RowFailure(0, sources.name(source), source, f"not a readable tar file ({error_line(error)})")

@@ -1,14 +1,15 @@
 """Build the demo embedded in the package, deterministically:
 
-- `sigma_fast/assets/demo_model/`: a SIGMA head trained by `sigma_fast.train` with the
-  reproduction's recipe (scripts/reproduce_synth.py: synthetic data, the tiny random encoders,
-  Stage I, then the Stage II variant that scored best on its held-out set), with the encoders
-  copied inside as `backbone/` and `text_encoder/` and referenced by those relative paths;
+- `sigma_fast/assets/demo_model/`: the SIGMA head that `scripts/reproduce_synth.py` trained with
+  the variant that scored best on its held-out set (synthetic data, the tiny random encoders,
+  Stage I, then Stage II), taken from that run's work folder with the encoders copied inside as
+  `backbone/` and `text_encoder/` and referenced by those relative paths;
 - `sigma_fast/assets/demo_pairs/`: a handful of synthetic pairs from a seed neither training nor
   the held-out set uses, covering the five actions, perturbed and not, and a side effect, with
   `pairs.jsonl` (relative paths).
 
-    python scripts/build_demo.py            # about as long as the reproduction's training
+    python scripts/reproduce_synth.py       # trains every variant, writes docs/results.*
+    python scripts/build_demo.py            # packages the best one from the same work folder
 """
 import argparse
 import dataclasses
@@ -40,16 +41,12 @@ def best_variant(results_path):
     return max(trained, key=lambda name: methods[name]["groups"]["all"]["mean"]["f1"])
 
 
-def train_demo_model(work, variant):
-    """-> (checkpoint folder, held-out metrics, autoencoder folder or None)."""
-    scale = recipe.FULL
-    first = recipe.run_jobs({"stage1": (recipe.stage_one_job, (work, scale, None)),
-                             "target": (recipe.target_domain_job, (work, scale, None))}, 2)
-    if variant == "stage1":
-        metrics = recipe.evaluate_method(work, scale, "stage1")
-    else:
-        metrics = recipe.stage_two_job(work, scale, variant, first["target"]["autoencoder"])["metrics"]
-    return os.path.join(work, "runs", variant, "final"), metrics["groups"]
+def trained_checkpoint(work, variant):
+    """-> the reproduction's checkpoint folder of `variant` (a FileNotFoundError when it has not run)."""
+    checkpoint = os.path.join(work, "runs", variant, "final")
+    if not os.path.isdir(checkpoint):
+        raise FileNotFoundError(f"no {checkpoint}: run scripts/reproduce_synth.py --out {work} first")
+    return checkpoint
 
 
 def package_model(checkpoint, encoders, destination, provenance):
@@ -100,16 +97,17 @@ def write_demo_pairs(destination):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "sigma_fast_build_demo"),
-                        help="work folder for data and runs (emptied first)")
+    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "sigma_fast_reproduce_synth"),
+                        help="the work folder of a finished scripts/reproduce_synth.py run (its --out)")
+    parser.add_argument("--results", default=RESULTS, help="that run's results.json")
     parser.add_argument("--assets", default=ASSETS, help="where demo_model/ and demo_pairs/ go")
     parser.add_argument("--variant", default=None,
-                        help=f"stage1 or one of {sorted(recipe.VARIANTS)} (default: the best in {RESULTS})")
+                        help=f"stage1 or one of {sorted(recipe.VARIANTS)} (default: the best in --results)")
     args = parser.parse_args(argv)
-    variant = args.variant or best_variant(RESULTS)
-    shutil.rmtree(args.work, ignore_errors=True)
-    os.makedirs(args.work)
-    checkpoint, heldout = train_demo_model(args.work, variant)
+    variant = args.variant or best_variant(args.results)
+    checkpoint = trained_checkpoint(args.work, variant)
+    with open(args.results) as handle:
+        heldout = json.load(handle)["methods"][variant]["groups"]
     scale = recipe.FULL
     provenance = {"built_by": "scripts/build_demo.py", "recipe": variant, "image_size": scale.image_size,
                   "stage1_steps": scale.stage1_steps, "stage2_steps": 0 if variant == "stage1" else scale.stage2_steps,

@@ -56,9 +56,11 @@ PRIOR_DROPOUT = 0.2  # share of training pairs given the flat prior, so one mode
 # prior stores: name -> (SimulatedGrounder keywords, splits grounded); "sim" is the default grounder's
 PRIOR_STORES = {"sim": ({}, ("train", "val", "unlabelled", "heldout")),
                 "miss0": ({"miss_rate": 0.0}, ("heldout",)), "miss50": ({"miss_rate": 0.5}, ("heldout",))}
-# Stage I runs: name -> (trained with the simulated priors, tap convention)
-STAGE1_RUNS = {"stage1": (True, HF_HIDDEN_STATES), "stage1_flat": (False, HF_HIDDEN_STATES),
-               "stage1_dinov2": (True, DINOV2_BLOCKS)}
+# Stage I runs: name -> (trained with the simulated priors, tap convention, head settings changed)
+STAGE1_RUNS = {"stage1": (True, HF_HIDDEN_STATES, {}), "stage1_flat": (False, HF_HIDDEN_STATES, {}),
+               "stage1_dinov2": (True, DINOV2_BLOCKS, {}),
+               "stage1_plain_head": (True, HF_HIDDEN_STATES, {"model.image_logit": False,
+                                                              "model.action_embedding": False})}
 # Stage II runs: name -> (mechanisms on, the Stage I run it starts from, trained with the simulated priors)
 VARIANTS = {"stage2_control": ((), "stage1", True), "stage2_vae": (("vae",), "stage1", True),
             "stage2_ema": (("ema",), "stage1", True), "stage2_disentangle": (("disentangle",), "stage1", True),
@@ -80,7 +82,8 @@ METHODS = {"pixel": ("Pixel differencing (abs diff + Otsu)", None, None),
            "full_flat": ("Full Stage II trained flat, flat prior at inference", "stage2_full_flat", None),
            "full_flat_at_sim": ("Full Stage II trained flat, simulated prior at inference", "stage2_full_flat", "sim"),
            "stage1_flat": ("Stage I trained flat, flat prior at inference", "stage1_flat", None),
-           "stage1_dinov2": ("Stage I, taps read as dinov2_blocks", "stage1_dinov2", "sim")}
+           "stage1_dinov2": ("Stage I, taps read as dinov2_blocks", "stage1_dinov2", "sim"),
+           "stage1_plain_head": ("Stage I without the image logit and action embedding", "stage1_plain_head", "sim")}
 GROUPS = ("all", "perturbed", "unperturbed", "side_effect", "local", "regenerated")
 
 
@@ -231,7 +234,7 @@ def prior_overrides(out, with_priors):
 def stage_one_job(out, scale, run):
     """One Stage I run (STAGE1_RUNS), then its evaluation."""
     limit_threads()
-    with_priors, convention = STAGE1_RUNS[run]
+    with_priors, convention, head = STAGE1_RUNS[run]
     # the main recipe taps every block; the other convention reads the numbers valid in both (1 to
     # layers - 1), each one block deeper
     taps = range(1, scale.backbone_layers + 1) if convention == HF_HIDDEN_STATES else range(1, scale.backbone_layers)
@@ -241,7 +244,7 @@ def stage_one_job(out, scale, run):
                  "model.image_size": scale.image_size, "model.taps": list(taps), "model.tap_convention": convention,
                  "data.train": source(os.path.join(out, "data", "train", "manifest.jsonl")),
                  "data.val": source(os.path.join(out, "data", "val", "manifest.jsonl")),
-                 "optim.steps": scale.stage1_steps, "val_every": scale.stage1_steps}
+                 "optim.steps": scale.stage1_steps, "val_every": scale.stage1_steps, **head}
     return {**run_training(STAGE1_CONFIG, 1, overrides), **evaluations(out, scale, run)}
 
 
@@ -436,7 +439,7 @@ COMPARED = [*[(variant, "stage2_control") for variant in ("stage2_vae", "stage2_
             ("stage2_full", "full_at_flat"), ("full_flat_at_sim", "full_flat"), ("stage2_full", "full_flat_at_sim"),
             ("stage2_full", "full_flat"), ("stage1", "stage1_flat"),
             ("full_at_miss0", "stage2_full"), ("full_at_miss50", "stage2_full"), ("full_at_miss50", "full_at_flat"),
-            ("stage1_dinov2", "stage1")]
+            ("stage1_dinov2", "stage1"), ("stage1", "stage1_plain_head")]
 CONTROL_GROUPS = ("all", "perturbed", "unperturbed", "side_effect", "local", "regenerated",
                   *(f"action:{action}" for action in ACTIONS))
 
@@ -506,6 +509,7 @@ def area_table(results):
 
 
 RUN_LABELS = {"stage1": "Stage I", "stage1_flat": "Stage I, flat prior", "stage1_dinov2": "Stage I, dinov2_blocks taps",
+              "stage1_plain_head": "Stage I, no image logit or action embedding",
               "stage2_control": "Stage II control", "stage2_vae": "Stage II VAE", "stage2_ema": "Stage II EMA",
               "stage2_disentangle": "Stage II disentanglement", "stage2_full": "Full Stage II",
               "stage2_no_disentangle": "Full Stage II minus disentanglement",
@@ -529,6 +533,27 @@ def comparison_lines(rows, skip_all=True):
             continue
         lines.append(f"- {METHODS[row['method']][0]} vs {METHODS[row['against']][0]}, {row['group']} pairs: "
                      f"mean F1 {row['delta_f1']:+.3f} ± {row['margin']:.3f} → {row['verdict']}")
+    return "\n".join(lines)
+
+
+TARGET_MARGIN_OVER_BASELINES = 0.10  # issue 15: full SIGMA >= each baseline + 0.10 F1 on perturbed pairs
+TARGET_CONTROL_SLACK = 0.02  # ... and on no group below the Stage I control by more than this
+
+
+def target_lines(results):
+    """The issue's done-when checks, each read off this run's comparisons."""
+    lines = []
+    for row in results["comparisons"]:
+        if row["method"] == "stage2_full" and row["against"] in ("pixel", "feature") and row["group"] == "perturbed":
+            low = row["delta_f1"] - row["margin"]
+            lines.append(f"- Full Stage II vs {METHODS[row['against']][0]}, perturbed pairs: {row['delta_f1']:+.3f} "
+                         f"± {row['margin']:.3f}; the difference is {'' if row['delta_f1'] >= TARGET_MARGIN_OVER_BASELINES else 'not '}"
+                         f">= {TARGET_MARGIN_OVER_BASELINES}, and its lower bound ({low:+.3f}) is "
+                         f"{'' if low >= TARGET_MARGIN_OVER_BASELINES else 'not '}>= {TARGET_MARGIN_OVER_BASELINES}")
+    below = [row for row in results["control_comparisons"] if row["delta_f1"] < -TARGET_CONTROL_SLACK]
+    names = ", ".join(f"{row['group']} ({row['delta_f1']:+.3f} ± {row['margin']:.3f})" for row in below)
+    lines.append(f"- Groups where full Stage II is below the control by more than {TARGET_CONTROL_SLACK}: "
+                 + (names if below else "none"))
     return "\n".join(lines)
 
 
@@ -623,6 +648,10 @@ Mean F1 differences over the same held-out pairs, with a paired margin of two st
 
 {comparison_lines(results['comparisons'])}
 
+The issue's targets, read off the comparisons above and below:
+
+{target_lines(results)}
+
 Full Stage II against the control on every group (the pairs of each group):
 
 {comparison_lines(results['control_comparisons'], skip_all=False)}
@@ -709,21 +738,31 @@ def main(argv=None):
     parser.add_argument("--docs", default=os.path.join(REPO, "docs"), help="where results.md and results.json go")
     parser.add_argument("--smoke", action="store_true", help="tiny counts and steps: an end-to-end check in seconds")
     parser.add_argument("--workers", type=int, default=None, help="processes (default 2; 1 with --smoke)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the docs from the results a finished run kept in --out (no training)")
     parser.add_argument("--cache-dir", default=None,
                         help="autoencoder cache (default: the generator's, ~/.cache/sigma_fast; with --smoke, inside --out)")
     args = parser.parse_args(argv)
     scale = SMOKE if args.smoke else FULL
     workers = args.workers or (1 if args.smoke else 2)
     cache_dir = args.cache_dir or (os.path.join(args.out, "cache") if args.smoke else None)
-    started = time.perf_counter()
-    shutil.rmtree(args.out, ignore_errors=True)
-    os.makedirs(args.out)
-    results = reproduce(args.out, scale, workers, cache_dir)
-    flags = heldout_flags(results)
-    results["comparisons"] = comparisons(results, flags)
-    results["control_comparisons"] = control_comparisons(results, flags)
-    seconds = time.perf_counter() - started
-    results.update(scale=dataclasses.asdict(scale), seeds=SEEDS, wall_seconds=seconds, machine=machine_description())
+    kept = os.path.join(args.out, "results_full.json")  # with the per-pair scores, for --report-only
+    if args.report_only:
+        with open(kept) as handle:
+            results = json.load(handle)
+    else:
+        started = time.perf_counter()
+        shutil.rmtree(args.out, ignore_errors=True)
+        os.makedirs(args.out)
+        results = reproduce(args.out, scale, workers, cache_dir)
+        flags = heldout_flags(results)
+        results["comparisons"] = comparisons(results, flags)
+        results["control_comparisons"] = control_comparisons(results, flags)
+        results.update(scale=dataclasses.asdict(scale), seeds=SEEDS, wall_seconds=time.perf_counter() - started,
+                       machine=machine_description())
+        with open(kept, "w") as handle:
+            json.dump(results, handle)
+    seconds = results["wall_seconds"]
     os.makedirs(args.docs, exist_ok=True)
     with open(os.path.join(args.docs, "results.json"), "w") as handle:
         json.dump(strip_for_json(results), handle, indent=2)

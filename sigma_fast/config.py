@@ -9,6 +9,8 @@ CONFIG_NAME = "config.json"
 # What the numbers in `taps` mean (see SigmaConfig).
 HF_HIDDEN_STATES, DINOV2_BLOCKS = "hf_hidden_states", "dinov2_blocks"
 TAP_CONVENTIONS = (HF_HIDDEN_STATES, DINOV2_BLOCKS)
+# Fields added after checkpoints were published: the value a config.json without them means.
+LEGACY_VALUES = {"image_logit": False, "action_embedding": False}
 
 
 @dataclass
@@ -24,6 +26,17 @@ class SigmaConfig:
     Face's `hidden_states[i]`, 1-based block outputs, so (2, 5, 11) taps the outputs of blocks 2, 5
     and 11 of 12. "dinov2_blocks": DINOv2's `get_intermediate_layers` 0-based block indices, so
     (2, 5, 11) taps the outputs of blocks 3, 6 and 12 (HF `hidden_states[3, 6, 12]`).
+
+    `image_logit`: one logit per image, read from the refined text tokens (masked mean, linear,
+    zero-initialised), added to every pixel's logit. The decoder's GroupNorm normalises each image
+    over its pixels, so a change that covers the whole image (a global edit) cannot pass through it
+    unaided; the instruction, read through the refinement, can say "the whole image". A saved config
+    without the field means False (checkpoints made before it).
+
+    `action_embedding`: a learned vector per parsed action (the five and "unknown"), zero-initialised,
+    added to every text token, so the parser's structured reading reaches the model however the
+    instruction is phrased. A saved config without the field means False.
+
     """
 
     backbone: str = "facebook/dinov2-base"
@@ -39,6 +52,8 @@ class SigmaConfig:
     layer_scale_init: float = 1e-4
     decoder_channels: Tuple[int, ...] = (128, 64, 32)
     cue_channels: int = 16
+    image_logit: bool = True
+    action_embedding: bool = True
     threshold: float = 0.5
     extra: dict = field(default_factory=dict)  # free-form provenance (training run, data)
 
@@ -77,7 +92,7 @@ class SigmaConfig:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no {CONFIG_NAME} in {folder!r}: not a sigma_fast checkpoint")
         with open(path) as handle:
-            return cls.from_dict(json.load(handle))
+            return cls.from_dict({**LEGACY_VALUES, **json.load(handle)})
 
     def resolve_paths(self, folder) -> "SigmaConfig":
         """A copy whose relative encoder paths point inside `folder` when they exist there."""

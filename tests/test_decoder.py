@@ -129,3 +129,4 @@ def test_cuda_bf16_channels_last_matches_concatenation(size):
         logits = decoder(tokens, grid, x_orig, x_edit)
         expected = concatenated_forward(decoder.float(), tokens.float(), grid, x_orig.float(), x_edit.float())
     assert relative_error(logits, expected) < 2e-2
+

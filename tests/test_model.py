@@ -308,3 +308,46 @@ def test_bi_attention_block_fuses_projections_without_changing_its_keys():
     got_visual, got_text = block(visual, text, prior, mask)
     torch.testing.assert_close(got_visual, v)
     torch.testing.assert_close(got_text, t)
+
+
+def test_the_image_logit_shifts_every_pixel_by_one_value_read_from_the_text(tiny_encoders):
+    # the decoder's GroupNorm normalises each image: the image logit is the path for "the whole image"
+    torch.manual_seed(0)
+    model = SigmaModel.from_config(tiny_sigma_config(*tiny_encoders)).eval()
+    assert model.config.image_logit and model.config.action_embedding
+    batch = inputs(model)
+    with torch.no_grad():
+        before = model(*batch)  # zero-initialised: no effect until trained
+        model.image_logit.weight.normal_()
+        after = model(*batch)
+    shift = (after - before).flatten(1)
+    assert not torch.allclose(shift[0], shift[1])  # one value per image, from its own text
+    torch.testing.assert_close(shift, shift[:, :1].expand_as(shift))
+
+
+def test_the_action_embedding_carries_the_parsed_action(tiny_encoders):
+    torch.manual_seed(0)
+    model = SigmaModel.from_config(tiny_sigma_config(*tiny_encoders)).eval()
+    texts = ["make it winter", "make it winter"]
+    edits = [EditTuple("global"), EditTuple("unknown")]
+    same, _ = model.encode_text(texts, edits)
+    torch.testing.assert_close(same[0], same[1])  # zero-initialised
+    with torch.no_grad():
+        model.action_embedding.weight.normal_()
+    tokens, mask = model.encode_text(texts, edits)
+    difference = tokens[0] - tokens[1]
+    torch.testing.assert_close(difference, difference[:1].expand_as(difference))  # one vector on every token
+    assert difference.abs().sum() > 0
+
+
+def test_a_config_saved_before_the_image_logit_and_action_embedding_keeps_its_head(tiny_encoders, tmp_path):
+    config = tiny_sigma_config(*tiny_encoders)
+    values = config.to_dict()
+    del values["image_logit"], values["action_embedding"]
+    with open(tmp_path / "config.json", "w") as handle:
+        json.dump(values, handle)
+    loaded = SigmaConfig.load(str(tmp_path))
+    assert (loaded.image_logit, loaded.action_embedding) == (False, False)
+    old_head = set(SigmaModel.from_config(loaded).head_state_dict())
+    new_head = set(SigmaModel.from_config(config).head_state_dict())
+    assert new_head - old_head == {"image_logit.weight", "image_logit.bias", "action_embedding.weight"}

@@ -86,6 +86,21 @@ def test_global_edits_never_become_noise_only_pairs(vae):
         assert trial["kind"] == ["noise", "positive", "noise", "positive"]
 
 
+def test_a_global_edits_composite_is_the_round_trip_of_its_edited_image(vae):
+    # an editor's global edit passes through its VAE everywhere: the composite is round trip of
+    # the edited image (not the clean edit pasted over the whole frame), and its target stays whole
+    batch = pair_batch(2)
+    batch["instruction"] = ["make it look like winter"] * 2
+    batch["edit"] = [parse_instruction(text) for text in batch["instruction"]]
+    batch["mask"][:] = 1.0
+    edited = batch["edited"].clone()
+    make_vae_pairs(batch, vae, noise_fraction=0.0, composite_fraction=1.0, generator=torch.Generator().manual_seed(0))
+    assert batch["kind"] == ["composite", "composite"]
+    assert torch.equal(batch["edited"], vae.roundtrip(edited))
+    assert not torch.equal(batch["edited"], edited)
+    assert bool((batch["mask"] == 1).all())
+
+
 def test_calibration_measures_noise_stats_and_preserves_the_function(tiny_checkpoint, vae, tmp_path):
     model = tiny_model(tiny_checkpoint)
     batches = [pair_batch(3, seed=0)["original"], pair_batch(2, seed=10)["original"]]

@@ -90,6 +90,8 @@ SCENE_WORDS = {
     "mood", "tone", "color", "colour", "world", "backdrop",
     "overall", "palette", "color palette", "colour palette", "brightness", "contrast", "saturation", "exposure",
     "sharpness", "view", "painting style", "art style", "aesthetic", "vibe",
+    # times of day and seasons: "turn day into night", "change summer to winter"
+    "day", "daytime", "night", "nighttime", "summer", "winter", "spring", "autumn",
 }
 # Head nouns that make any phrase mean the whole image ("the daytime scene", "the whole photo").
 SCENE_HEADS = {
@@ -103,7 +105,7 @@ GLOBAL_ADDITIONS = {
     "sunset", "sunrise", "dusk", "dawn", "twilight", "night", "filter", "effect", "tone", "tint", "vignette",
     "glow", "lens flare", "blur", "grain", "film grain", "noise", "light leak", "bokeh", "contrast",
     "saturation", "brightness", "exposure", "lighting", "style", "overlay", "warmth", "color grading",
-    "snowstorm", "drizzle", "blizzard",
+    "snowstorm", "drizzle", "blizzard", "light",
 }
 
 # Verbs whose object is the whole image ("apply a sepia tone", "increase the brightness").

@@ -33,7 +33,7 @@ _POLITE_END = re.compile(r"\s+(?:please|for me|too|as well|also|now|thanks|thank
 _CLAUSE_VERBS = (
     "add|put|place|insert|remove|delete|erase|get|take|replace|swap|switch|change|turn|make|give|let|have|"
     "paint|color|colour|move|transform|convert|apply|increase|include|draw|dye|open|close|eliminate|"
-    "substitute|exchange|set|render")
+    "substitute|exchange|set|render|cover")
 _SENTENCES = re.compile(r"[.;!?]+(?:\s+|$)")
 _THEN = re.compile(r",?\s+(?:and\s+)?then\s+")
 _AND_VERB = re.compile(rf"(?:,\s*|\s+)and\s+(?=(?:{_CLAUSE_VERBS})\b)|,\s+(?=(?:{_CLAUSE_VERBS})\b)")
@@ -56,6 +56,7 @@ _CHANGE = re.compile(
 _TURN_SWITCH = re.compile(r"^(?:turn|switch|flip)\s+(?:(on|off)\s+(.+)|(.+?)\s+(on|off))$")
 _MAKE = re.compile(r"^(?:make|have|let|get|render)\s+(.+)$")
 _GIVE = re.compile(r"^give\s+(.+)$")
+_COVER = re.compile(r"^cover\s+(.+?)\s+(?:in|with)\s+(.+)$")
 _PAINT = re.compile(r"^(?:paint|color|colour|dye|recolor|recolour|tint|stain|spray paint|spray-paint)\s+(.+)$")
 _MOVE = re.compile(r"^(?:move|shift|slide|reposition|relocate)\s+(.+?)\s+(?:to|towards|toward)\s+(.+)$")
 _STATE_VERBS = {"open": "open", "close": "closed", "shut": "closed", "light": "lit", "extinguish": "unlit",
@@ -410,9 +411,22 @@ def _give(clause):
         split = 1 if words[0] in lx.PRONOUNS else 2
     subject, obj = words[:split], words[split:]
     head = obj[-1] if obj else None
+    recipient = noun_phrase(subject)
+    # "give the photo a sepia tone", "give it a warm light"; but "give it a hat" adds a hat to something
+    if recipient is not None and recipient.is_scene and (recipient.text not in {"it", "this", "that"}
+                                                          or head in lx.GLOBAL_ADDITIONS):
+        return EditTuple("global")
     if head in _LOOK_WORDS or " ".join(obj[-2:]) in _LOOK_WORDS:
         return _edit("attribute_change", noun_phrase(subject), attribute_phrase(obj))
     return _edit("add", target=noun_phrase(obj))
+
+
+def _cover(clause):
+    """ "cover the scene in fog" is global; "cover the ball with polka dots" changes the ball."""
+    match = _COVER.match(clause)
+    if not match:
+        return None
+    return _edit("attribute_change", _np(match.group(1)), attribute_phrase(match.group(2).split()))
 
 
 def _paint(clause):
@@ -463,7 +477,7 @@ def _is(clause):
 
 
 _RULES = (_whole_image, _instead, _there, _what_if, _should, _remove, _replace, _turn_on_off, _change_rule,
-          _make, _give, _paint, _move, _state, _add, _turn_complement, _is)
+          _make, _give, _cover, _paint, _move, _state, _add, _turn_complement, _is)
 
 
 def _np(phrase):

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from sigma_fast.config import SigmaConfig
+from sigma_fast.grounding.edit import ALL_ACTIONS
 from sigma_fast.model.backbone import DinoBackbone
 from sigma_fast.model.decoder import MaskDecoder
 from sigma_fast.model.difference import DifferenceBranch
@@ -110,6 +111,13 @@ class SigmaModel(nn.Module):
             BiAttentionBlock(config.dim, config.refine_heads, config.prior_gate_alpha, config.layer_scale_init)
             for _ in range(config.refine_layers))
         self.decoder = MaskDecoder(2 * config.dim, config.decoder_channels, config.cue_channels)
+        if config.action_embedding:
+            self.action_embedding = nn.Embedding(len(ALL_ACTIONS), config.dim)
+            nn.init.zeros_(self.action_embedding.weight)
+        if config.image_logit:
+            self.image_logit = nn.Linear(config.dim, 1)
+            nn.init.zeros_(self.image_logit.weight)
+            nn.init.zeros_(self.image_logit.bias)
 
     @classmethod
     def from_config(cls, config: SigmaConfig, dtype=None):
@@ -156,7 +164,11 @@ class SigmaModel(nn.Module):
 
     def encode_text(self, instructions, edits):
         """Instructions and their parsed EditTuples -> text tokens (B, T, dim), mask (B, T)."""
-        return self.text_encoder(instructions, [edit.source for edit in edits], [edit.target for edit in edits])
+        tokens, mask = self.text_encoder(instructions, [edit.source for edit in edits], [edit.target for edit in edits])
+        if self.config.action_embedding:
+            actions = torch.tensor([ALL_ACTIONS.index(edit.action) for edit in edits], device=tokens.device)
+            tokens = tokens + self.action_embedding(actions)[:, None, :].to(tokens.dtype)
+        return tokens, mask
 
     def flat_prior(self, batch, device):
         return torch.ones(batch, self.grid, self.grid, device=device)
@@ -174,4 +186,9 @@ class SigmaModel(nn.Module):
         visual, text = difference, text_tokens.to(difference.dtype)
         for block in self.refinement:
             visual, text = block(visual, text, prior_tokens, text_mask)
-        return self.decoder(torch.cat([visual, difference], dim=-1), self.grid, x_orig, x_edit)
+        logits = self.decoder(torch.cat([visual, difference], dim=-1), self.grid, x_orig, x_edit)  # (B, 1, S, S)
+        if self.config.image_logit:
+            weight = text_mask.to(text.dtype)[..., None]
+            pooled = (text * weight).sum(1) / weight.sum(1).clamp_min(1.0)  # (B, dim)
+            logits = logits + self.image_logit(pooled)[:, :, None, None]
+        return logits

@@ -203,7 +203,7 @@ class Trainer:
         self.module = TrainModule(self.model)
         if self.dist.active:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            # the last refinement block's text update feeds nothing: unused parameters exist
+            # without image_logit the last refinement block's text update feeds nothing: unused parameters exist
             self.module = nn.parallel.DistributedDataParallel(self.module, device_ids=device_ids,
                                                               find_unused_parameters=True)
         self.head_parameters = [p for p in self.model.parameters() if p.requires_grad]

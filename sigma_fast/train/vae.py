@@ -68,7 +68,8 @@ def make_vae_pairs(batch, vae, noise_fraction, composite_fraction, generator):
     (original, round trip) with an empty mask: a global instruction over a whole-image change is
     what a global edit looks like, so such a pair would teach the model to deny global edits.
     round(composite_fraction * b) of the other positives with a non-empty mask become
-    (original, edited pasted on the round trip) with their mask. One VAE pass serves both."""
+    (original, edited pasted on the round trip) with their mask; a global edit's composite is the
+    round trip of its edited image, its mask still the whole image. One VAE pass serves both."""
     count = batch["original"].shape[0]
     order = torch.randperm(count, generator=generator).tolist()
     noise = [i for i in order if batch["edit"][i].action != "global"][:round(noise_fraction * count)]
@@ -78,11 +79,15 @@ def make_vae_pairs(batch, vae, noise_fraction, composite_fraction, generator):
     chosen = noise + composite
     if not chosen:
         return batch
-    decoded = vae.decode_roundtrip(batch["original"][chosen], generator)
+    whole = [batch["edit"][i].action == "global" for i in chosen]
+    # a global edit is the editor's output everywhere: its composite is the round trip of the edited image
+    sources = torch.stack([batch["edited" if g else "original"][i] for i, g in zip(chosen, whole)])
+    decoded = vae.decode_roundtrip(sources, generator)
     index = torch.tensor(chosen, device=batch["original"].device)
     mask = batch["mask"][index]
     mask[:len(noise)] = 0
-    edited = ops.vae_roundtrip_composite(decoded, batch["edited"][index], mask).to(batch["edited"].device)
+    paste = mask * ~torch.tensor(whole, device=mask.device)[:, None, None]
+    edited = ops.vae_roundtrip_composite(decoded, batch["edited"][index], paste).to(batch["edited"].device)
     batch["edited"][index] = edited
     batch["mask"][index] = mask
     for i in noise:

@@ -33,10 +33,9 @@ DEMO_PAIRS = (("add", False, False), ("remove", True, False), ("replace", False,
 MAX_ATTEMPTS = 50  # seeds tried for a pair until it has the wanted side effect
 
 
-def best_variant(results_path):
-    """The trained method with the highest mean F1 on all held-out pairs of the reproduction."""
-    with open(results_path) as handle:
-        methods = json.load(handle)["methods"]
+def best_variant(methods):
+    """The trained method with the highest mean F1 on all held-out pairs of the reproduction
+    (`methods`: its results.json's "methods")."""
     trained = [name for name in methods if name == "stage1" or name in recipe.VARIANTS]
     return max(trained, key=lambda name: methods[name]["groups"]["all"]["mean"]["f1"])
 
@@ -104,10 +103,11 @@ def main(argv=None):
     parser.add_argument("--variant", default=None,
                         help=f"stage1 or one of {sorted(recipe.VARIANTS)} (default: the best in --results)")
     args = parser.parse_args(argv)
-    variant = args.variant or best_variant(args.results)
-    checkpoint = trained_checkpoint(args.work, variant)
     with open(args.results) as handle:
-        heldout = json.load(handle)["methods"][variant]["groups"]
+        methods = json.load(handle)["methods"]
+    variant = args.variant or best_variant(methods)
+    checkpoint = trained_checkpoint(args.work, variant)
+    heldout = methods[variant]["groups"]
     scale = recipe.FULL
     provenance = {"built_by": "scripts/build_demo.py", "recipe": variant, "image_size": scale.image_size,
                   "stage1_steps": scale.stage1_steps, "stage2_steps": 0 if variant == "stage1" else scale.stage2_steps,

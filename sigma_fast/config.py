@@ -36,7 +36,6 @@ class SigmaConfig:
     `action_embedding`: a learned vector per parsed action (the five and "unknown"), zero-initialised,
     added to every text token, so the parser's structured reading reaches the model however the
     instruction is phrased. A saved config without the field means False.
-
     """
 
     backbone: str = "facebook/dinov2-base"

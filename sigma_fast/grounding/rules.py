@@ -411,11 +411,6 @@ def _give(clause):
         split = 1 if words[0] in lx.PRONOUNS else 2
     subject, obj = words[:split], words[split:]
     head = obj[-1] if obj else None
-    recipient = noun_phrase(subject)
-    # "give the photo a sepia tone", "give it a warm light"; but "give it a hat" adds a hat to something
-    if recipient is not None and recipient.is_scene and (recipient.text not in {"it", "this", "that"}
-                                                          or head in lx.GLOBAL_ADDITIONS):
-        return EditTuple("global")
     if head in _LOOK_WORDS or " ".join(obj[-2:]) in _LOOK_WORDS:
         return _edit("attribute_change", noun_phrase(subject), attribute_phrase(obj))
     return _edit("add", target=noun_phrase(obj))

@@ -10,12 +10,13 @@ ROWS = ("Pixel differencing", "Feature differencing", "Stage I", "Stage I + cont
         "Full Stage II minus disentanglement", "Full Stage II, flat prior at inference",
         "Full Stage II, prior with no misses at inference", "Full Stage II, prior with 50% misses at inference",
         "Full Stage II trained flat, flat prior at inference", "Full Stage II trained flat, simulated prior at inference",
-        "Stage I trained flat", "Stage I, taps read as dinov2_blocks")
+        "Stage I trained flat", "Stage I, taps read as dinov2_blocks",
+        "Stage I without the image logit and action embedding")
 METHODS = {"pixel", "feature", "stage1", "stage2_control", "stage2_vae", "stage2_ema", "stage2_disentangle",
            "stage2_full", "stage2_no_disentangle", "full_at_flat", "full_at_miss0", "full_at_miss50", "full_flat",
-           "full_flat_at_sim", "stage1_flat", "stage1_dinov2"}
-RUNS = ("stage1", "stage1_flat", "stage1_dinov2", "stage2_control", "stage2_vae", "stage2_ema", "stage2_disentangle",
-        "stage2_full", "stage2_no_disentangle", "stage2_full_flat")
+           "full_flat_at_sim", "stage1_flat", "stage1_dinov2", "stage1_plain_head"}
+RUNS = ("stage1", "stage1_flat", "stage1_dinov2", "stage1_plain_head", "stage2_control", "stage2_vae", "stage2_ema",
+        "stage2_disentangle", "stage2_full", "stage2_no_disentangle", "stage2_full_flat")
 
 
 def test_reproduction_smoke_run_writes_every_row(tmp_path):
@@ -26,6 +27,7 @@ def test_reproduction_smoke_run_writes_every_row(tmp_path):
     table = (docs / "results.md").read_text()
     for row in ROWS:
         assert f"| {row}" in table, row
+    assert "Groups where full Stage II is below the control by more than 0.02: " in table
     results = json.loads((docs / "results.json").read_text())
     assert set(results["methods"]) == METHODS
     heldout = results["scale"]["counts"]["heldout"]

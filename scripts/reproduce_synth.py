@@ -60,12 +60,14 @@ PRIOR_STORES = {"sim": ({}, ("train", "val", "unlabelled", "heldout")),
 STAGE1_RUNS = {"stage1": (True, HF_HIDDEN_STATES, {}), "stage1_flat": (False, HF_HIDDEN_STATES, {}),
                "stage1_dinov2": (True, DINOV2_BLOCKS, {}),
                "stage1_plain_head": (True, HF_HIDDEN_STATES, {"model.image_logit": False,
-                                                              "model.action_embedding": False})}
+                                                              "model.action_embedding": False}),
+               "stage1_no_floor_cue": (True, HF_HIDDEN_STATES, {"model.noise_floor_cue": False})}
 # Stage II runs: name -> (mechanisms on, the Stage I run it starts from, trained with the simulated priors)
 VARIANTS = {"stage2_control": ((), "stage1", True), "stage2_vae": (("vae",), "stage1", True),
             "stage2_ema": (("ema",), "stage1", True), "stage2_disentangle": (("disentangle",), "stage1", True),
             "stage2_full": (MECHANISMS, "stage1", True), "stage2_no_disentangle": (("vae", "ema"), "stage1", True),
-            "stage2_full_flat": (MECHANISMS, "stage1_flat", False)}
+            "stage2_full_flat": (MECHANISMS, "stage1_flat", False),
+            "stage2_full_no_floor_cue": (MECHANISMS, "stage1_no_floor_cue", True)}
 # evaluated methods: name -> (label, trained run or None for a baseline, prior store at inference or None: flat)
 METHODS = {"pixel": ("Pixel differencing (abs diff + Otsu)", None, None),
            "feature": ("Feature differencing (tiny backbone, 1 - cos + Otsu)", None, None),
@@ -83,7 +85,10 @@ METHODS = {"pixel": ("Pixel differencing (abs diff + Otsu)", None, None),
            "full_flat_at_sim": ("Full Stage II trained flat, simulated prior at inference", "stage2_full_flat", "sim"),
            "stage1_flat": ("Stage I trained flat, flat prior at inference", "stage1_flat", None),
            "stage1_dinov2": ("Stage I, taps read as dinov2_blocks", "stage1_dinov2", "sim"),
-           "stage1_plain_head": ("Stage I without the image logit and action embedding", "stage1_plain_head", "sim")}
+           "stage1_plain_head": ("Stage I without the image logit and action embedding", "stage1_plain_head", "sim"),
+           "stage1_no_floor_cue": ("Stage I without the noise-floor cue", "stage1_no_floor_cue", "sim"),
+           "stage2_full_no_floor_cue": ("Full Stage II without the noise-floor cue", "stage2_full_no_floor_cue",
+                                        "sim")}
 GROUPS = ("all", "perturbed", "unperturbed", "side_effect", "local", "regenerated")
 
 
@@ -400,7 +405,8 @@ def reproduce(out, scale, workers, cache_dir):
                      **{method: (evaluation_job, (out, scale, method)) for method in ("feature", "pixel")}}, workers)
     # the longest jobs first, so the two processes finish together
     runs.update(run_jobs({variant: (stage_two_job, (out, scale, variant, autoencoder))
-                          for variant in ("stage2_full", "stage2_full_flat", "stage2_no_disentangle", "stage2_ema",
+                          for variant in ("stage2_full", "stage2_full_flat", "stage2_full_no_floor_cue",
+                                          "stage2_no_disentangle", "stage2_ema",
                                           "stage2_vae", "stage2_disentangle", "stage2_control")}, workers))
     evaluated = {method: metrics for run in runs.values() for method, metrics in run.pop("evaluations").items()}
     methods = {name: {"metrics": evaluated[name], "run": METHODS[name][1], "prior": METHODS[name][2]}
@@ -439,7 +445,8 @@ COMPARED = [*[(variant, "stage2_control") for variant in ("stage2_vae", "stage2_
             ("stage2_full", "full_at_flat"), ("full_flat_at_sim", "full_flat"), ("stage2_full", "full_flat_at_sim"),
             ("stage2_full", "full_flat"), ("stage1", "stage1_flat"),
             ("full_at_miss0", "stage2_full"), ("full_at_miss50", "stage2_full"), ("full_at_miss50", "full_at_flat"),
-            ("stage1_dinov2", "stage1"), ("stage1", "stage1_plain_head")]
+            ("stage1_dinov2", "stage1"), ("stage1", "stage1_plain_head"), ("stage1", "stage1_no_floor_cue"),
+            ("stage2_full", "stage2_full_no_floor_cue")]
 CONTROL_GROUPS = ("all", "perturbed", "unperturbed", "side_effect", "local", "regenerated",
                   *(f"action:{action}" for action in ACTIONS))
 
@@ -510,10 +517,12 @@ def area_table(results):
 
 RUN_LABELS = {"stage1": "Stage I", "stage1_flat": "Stage I, flat prior", "stage1_dinov2": "Stage I, dinov2_blocks taps",
               "stage1_plain_head": "Stage I, no image logit or action embedding",
+              "stage1_no_floor_cue": "Stage I, no noise-floor cue",
               "stage2_control": "Stage II control", "stage2_vae": "Stage II VAE", "stage2_ema": "Stage II EMA",
               "stage2_disentangle": "Stage II disentanglement", "stage2_full": "Full Stage II",
               "stage2_no_disentangle": "Full Stage II minus disentanglement",
-              "stage2_full_flat": "Full Stage II, flat prior"}
+              "stage2_full_flat": "Full Stage II, flat prior",
+              "stage2_full_no_floor_cue": "Full Stage II, no noise-floor cue"}
 
 
 def training_log_table(results):

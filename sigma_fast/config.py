@@ -10,7 +10,7 @@ CONFIG_NAME = "config.json"
 HF_HIDDEN_STATES, DINOV2_BLOCKS = "hf_hidden_states", "dinov2_blocks"
 TAP_CONVENTIONS = (HF_HIDDEN_STATES, DINOV2_BLOCKS)
 # Fields added after checkpoints were published: the value a config.json without them means.
-LEGACY_VALUES = {"image_logit": False, "action_embedding": False}
+LEGACY_VALUES = {"image_logit": False, "action_embedding": False, "noise_floor_cue": False}
 
 
 @dataclass
@@ -36,6 +36,10 @@ class SigmaConfig:
     `action_embedding`: a learned vector per parsed action (the five and "unknown"), zero-initialised,
     added to every text token, so the parser's structured reading reaches the model however the
     instruction is phrased. A saved config without the field means False.
+
+    `noise_floor_cue`: a fifth per-pixel decoder input, the change above the image's own noise
+    floor (`sigma_fast.model.decoder.floor_excess`), so that a faint edit on an untouched image is
+    not read as an editor's whole-image noise. A saved config without the field means False.
     """
 
     backbone: str = "facebook/dinov2-base"
@@ -53,6 +57,7 @@ class SigmaConfig:
     cue_channels: int = 16
     image_logit: bool = True
     action_embedding: bool = True
+    noise_floor_cue: bool = True
     threshold: float = 0.5
     extra: dict = field(default_factory=dict)  # free-form provenance (training run, data)
 

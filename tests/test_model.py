@@ -340,14 +340,15 @@ def test_the_action_embedding_carries_the_parsed_action(tiny_encoders):
     assert difference.abs().sum() > 0
 
 
-def test_a_config_saved_before_the_image_logit_and_action_embedding_keeps_its_head(tiny_encoders, tmp_path):
+def test_a_config_saved_before_the_later_head_fields_keeps_its_head(tiny_encoders, tmp_path):
     config = tiny_sigma_config(*tiny_encoders)
     values = config.to_dict()
-    del values["image_logit"], values["action_embedding"]
+    del values["image_logit"], values["action_embedding"], values["noise_floor_cue"]
     with open(tmp_path / "config.json", "w") as handle:
         json.dump(values, handle)
     loaded = SigmaConfig.load(str(tmp_path))
-    assert (loaded.image_logit, loaded.action_embedding) == (False, False)
-    old_head = set(SigmaModel.from_config(loaded).head_state_dict())
-    new_head = set(SigmaModel.from_config(config).head_state_dict())
-    assert new_head - old_head == {"image_logit.weight", "image_logit.bias", "action_embedding.weight"}
+    assert (loaded.image_logit, loaded.action_embedding, loaded.noise_floor_cue) == (False, False, False)
+    old_head = SigmaModel.from_config(loaded).head_state_dict()
+    new_head = SigmaModel.from_config(config).head_state_dict()
+    assert set(new_head) - set(old_head) == {"image_logit.weight", "image_logit.bias", "action_embedding.weight"}
+    assert (old_head["decoder.cue.0.weight"].shape[1], new_head["decoder.cue.0.weight"].shape[1]) == (4, 5)

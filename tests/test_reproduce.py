@@ -11,12 +11,15 @@ ROWS = ("Pixel differencing", "Feature differencing", "Stage I", "Stage I + cont
         "Full Stage II, prior with no misses at inference", "Full Stage II, prior with 50% misses at inference",
         "Full Stage II trained flat, flat prior at inference", "Full Stage II trained flat, simulated prior at inference",
         "Stage I trained flat", "Stage I, taps read as dinov2_blocks",
-        "Stage I without the image logit and action embedding")
+        "Stage I without the image logit and action embedding", "Stage I without the noise-floor cue",
+        "Full Stage II without the noise-floor cue")
 METHODS = {"pixel", "feature", "stage1", "stage2_control", "stage2_vae", "stage2_ema", "stage2_disentangle",
            "stage2_full", "stage2_no_disentangle", "full_at_flat", "full_at_miss0", "full_at_miss50", "full_flat",
-           "full_flat_at_sim", "stage1_flat", "stage1_dinov2", "stage1_plain_head"}
+           "full_flat_at_sim", "stage1_flat", "stage1_dinov2", "stage1_plain_head",
+           "stage1_no_floor_cue", "stage2_full_no_floor_cue"}
 RUNS = ("stage1", "stage1_flat", "stage1_dinov2", "stage1_plain_head", "stage2_control", "stage2_vae", "stage2_ema",
-        "stage2_disentangle", "stage2_full", "stage2_no_disentangle", "stage2_full_flat")
+        "stage2_disentangle", "stage2_full", "stage2_no_disentangle", "stage2_full_flat", "stage1_no_floor_cue",
+        "stage2_full_no_floor_cue")
 
 
 def test_reproduction_smoke_run_writes_every_row(tmp_path):

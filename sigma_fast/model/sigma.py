@@ -110,7 +110,8 @@ class SigmaModel(nn.Module):
         self.refinement = nn.ModuleList(
             BiAttentionBlock(config.dim, config.refine_heads, config.prior_gate_alpha, config.layer_scale_init)
             for _ in range(config.refine_layers))
-        self.decoder = MaskDecoder(2 * config.dim, config.decoder_channels, config.cue_channels)
+        self.decoder = MaskDecoder(2 * config.dim, config.decoder_channels, config.cue_channels,
+                                   config.noise_floor_cue)
         if config.action_embedding:
             self.action_embedding = nn.Embedding(len(ALL_ACTIONS), config.dim)
             nn.init.zeros_(self.action_embedding.weight)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-NOISE_FLOOR_QUANTILE = 0.9  # edits cover less than this share of most images: below it lies noise
+NOISE_FLOOR_QUANTILE = 0.9  # edits cover less than a tenth of most images: below this quantile lies noise
 EXCESS_SATURATION = 0.05  # about 3 grey levels in ImageNet-normalised units
 
 
@@ -20,10 +20,11 @@ def floor_excess(change):
     looks like the whole-image noise an editor's VAE leaves. On an untouched image the floor is 0
     and every changed pixel saturates; on a re-saved one only what stands above the noise does.
     kthvalue, not quantile: quantile refuses inputs of more than 2**24 elements (a batch at 518 px)."""
-    flat = change.flatten(1).float()
+    change32 = change.float()
+    flat = change32.flatten(1)
     rank = math.floor(NOISE_FLOOR_QUANTILE * (flat.shape[1] - 1)) + 1
     floor = flat.kthvalue(rank, dim=1).values[:, None, None, None]
-    return ((change.float() - floor) / EXCESS_SATURATION).clamp(0, 1).to(change.dtype)
+    return ((change32 - floor) / EXCESS_SATURATION).clamp(0, 1).to(change.dtype)
 
 
 def conv_block(in_channels, out_channels):

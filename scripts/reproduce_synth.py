@@ -403,11 +403,10 @@ def reproduce(out, scale, workers, cache_dir):
     # the Stage I runs the Stage II runs start from, with the baselines beside the third
     runs = run_jobs({**{run: (stage_one_job, (out, scale, run)) for run in STAGE1_RUNS},
                      **{method: (evaluation_job, (out, scale, method)) for method in ("feature", "pixel")}}, workers)
-    # the longest jobs first, so the two processes finish together
+    # the longest jobs (the most mechanisms) first, so the two processes finish together
+    longest_first = sorted(VARIANTS, key=lambda variant: -len(VARIANTS[variant][0]))
     runs.update(run_jobs({variant: (stage_two_job, (out, scale, variant, autoencoder))
-                          for variant in ("stage2_full", "stage2_full_flat", "stage2_full_no_floor_cue",
-                                          "stage2_no_disentangle", "stage2_ema",
-                                          "stage2_vae", "stage2_disentangle", "stage2_control")}, workers))
+                          for variant in longest_first}, workers))
     evaluated = {method: metrics for run in runs.values() for method, metrics in run.pop("evaluations").items()}
     methods = {name: {"metrics": evaluated[name], "run": METHODS[name][1], "prior": METHODS[name][2]}
                for name in METHODS}
@@ -720,11 +719,10 @@ against the tables when the recipe or the generator changes.
   real corpora.
 - **Edit-noise disentanglement** has no useful effect on this proxy: none alone, and inside the full
   recipe "full minus disentanglement" is level with full or, in this run, slightly ahead on
-  perturbed pairs. It cannot help much here: what it asks
-  for, difference-branch responses of unedited tokens far from the edit prototype, is already what
-  the head is trained towards. Alone, the unedited tokens of unperturbed pairs are unchanged
-  patches, separated from the edits from the first step (its loss is near zero in the training
-  log). With the VAE composites, the same tokens carry the round trip's noise, but the supervised
+  perturbed pairs. It cannot help much here: what it asks for, difference-branch responses of
+  unedited tokens far from the edit prototype, is already what the head is trained towards.
+  Alone, the unedited tokens of unperturbed pairs are unchanged patches, separated from the edits
+  from the first step (its loss is near zero in the training log). With the VAE composites, the same tokens carry the round trip's noise, but the supervised
   loss already gives each of them target 0 at full weight, so the hinge only repeats that signal
   at a tenth of the weight. Development runs with a larger margin found no effect either. It
   could matter where the supervised signal on noise is missing (unlabelled pairs), which this

@@ -720,13 +720,13 @@ against the tables when the recipe or the generator changes.
 - **Edit-noise disentanglement** has no useful effect on this proxy: none alone, and inside the full
   recipe "full minus disentanglement" is level with full or, in this run, slightly ahead on
   perturbed pairs. It cannot help much here: what it asks for, difference-branch responses of
-  unedited tokens far from the edit prototype, is already what the head is trained towards.
-  Alone, the unedited tokens of unperturbed pairs are unchanged patches, separated from the edits
-  from the first step (its loss is near zero in the training log). With the VAE composites, the same tokens carry the round trip's noise, but the supervised
-  loss already gives each of them target 0 at full weight, so the hinge only repeats that signal
-  at a tenth of the weight. Development runs with a larger margin found no effect either. It
-  could matter where the supervised signal on noise is missing (unlabelled pairs), which this
-  recipe leaves to EMA.
+  unedited tokens far from the edit prototype, is already what the head is trained towards. Alone,
+  the unedited tokens of unperturbed pairs are unchanged patches, separated from the edits from the
+  first step (its loss is near zero in the training log). With the VAE composites, the same tokens
+  carry the round trip's noise, but the supervised loss already gives each of them target 0 at full
+  weight, so the hinge only repeats that signal at a tenth of the weight. Development runs with a
+  larger margin found no effect either. It could matter where the supervised signal on noise is
+  missing (unlabelled pairs), which this recipe leaves to EMA.
 - **Full Stage II** (simulated prior in training and at inference): the targets section above
   reads the issue's checks off this run.
 - **The prior** reaches the model and now has small measured effects, all through the refinement

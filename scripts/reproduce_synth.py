@@ -105,8 +105,8 @@ class Scale:
     overrides: dict = field(default_factory=dict)  # applied to both stages' configs
 
 
-FULL = Scale(image_size=112, counts={"train": 1000, "val": 64, "unlabelled": 400, "heldout": 300},
-             stage1_steps=400, stage2_steps=200)
+FULL = Scale(image_size=112, counts={"train": 1000, "val": 64, "unlabelled": 400, "heldout": 600},
+             stage1_steps=400, stage2_steps=400)
 SMOKE = Scale(image_size=64, counts={"train": 12, "val": 4, "unlabelled": 6, "heldout": 10},
               stage1_steps=2, stage2_steps=2, backbone_layers=2,
               autoencoder={"steps": 2, "batch": 2, "crop": 32, "scenes": 2},

@@ -721,13 +721,12 @@ be revisited against the tables when the recipe or the generator changes.
   close to the test perturbation, and the size of this gain is an upper bound of what to expect on
   real corpora.
 - **Edit-noise disentanglement** has no useful effect on this proxy: inside the full recipe "full
-  minus disentanglement" is level with full. Alone it moves perturbed pairs by about a hundredth
-  (in this run above the control, in the 200-step run of the previous recipe not at all) while its
-  loss stays near zero: a different training path, not the hinge at work. It cannot help much
-  here: what it asks for, difference-branch responses of unedited tokens far from the edit
-  prototype, is already what the head is trained towards. Alone, the unedited tokens of
-  unperturbed pairs are unchanged patches, separated from the edits from the first step (its loss
-  is near zero in the training log). With the VAE composites, the same tokens
+  minus disentanglement" is level with full. It cannot help much here: what it asks for,
+  difference-branch responses of unedited tokens far from the edit prototype, is already what the
+  head is trained towards. Alone, the unedited tokens of unperturbed pairs are unchanged patches,
+  separated from the edits from the first step (its loss is near zero in the training log), so
+  where it moves perturbed pairs by a hundredth or so from the control, that is a different
+  training path, not the hinge at work. With the VAE composites, the same tokens
   carry the round trip's noise, but the supervised loss already gives each of them target 0 at full
   weight, so the hinge only repeats that signal at a tenth of the weight. Development runs with a
   larger margin found no effect either. It could matter where the supervised signal on noise is
